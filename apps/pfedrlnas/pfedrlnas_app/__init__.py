@@ -1,0 +1,1 @@
+"""PerFedRLNAS Flower app."""

@@ -1,0 +1,7 @@
+"""PerFedRLNAS ClientApp: builds, trains and tests whatever subnet it is sent."""
+
+from flwr_pfedrlnas.client import make_client_app
+
+from .task import load_data
+
+app = make_client_app(load_data)

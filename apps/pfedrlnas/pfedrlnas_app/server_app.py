@@ -1,0 +1,37 @@
+"""PerFedRLNAS ServerApp: the search over every client's architecture."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from flwr_pfedrlnas.strategy import PerFedRLNAS
+
+from .task import family_from_run_config, output_dir, search_config_from_run_config
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    family = family_from_run_config(cfg)
+    results_dir = output_dir(str(cfg["results-dir"]))
+    checkpoint_dir = output_dir(str(cfg["checkpoint-dir"])) or (
+        results_dir and f"{results_dir}/checkpoint"
+    )
+    strategy = PerFedRLNAS(
+        family,
+        clients_per_round=int(cfg["clients-per-round"]),
+        min_available_nodes=int(cfg["num-clients"]),
+        evaluate_every=int(cfg["evaluate-every"]),
+        search_config=search_config_from_run_config(cfg),
+        local_epochs=int(cfg["local-epochs"]),
+        lr=float(cfg["lr"]),
+        batch_size=int(cfg["batch-size"]),
+        results_dir=results_dir,
+        checkpoint_dir=checkpoint_dir,
+        resume=bool(cfg["resume"]),
+        run_config=dict(cfg),
+    )
+    strategy.start(grid, num_rounds=int(cfg["num-server-rounds"]))

@@ -1,0 +1,258 @@
+"""Reusable clients: Message-API handlers, a ClientApp factory and a NumPyClient."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import messages as m
+from .search_space import Architecture, architecture_from_json, architecture_to_json
+from .supernets import SupernetFamily, get_supernet
+from .training import evaluate, train
+
+__all__ = [
+    "LoadData",
+    "SubnetClient",
+    "build_subnet_from_config",
+    "client_id_from_context",
+    "evaluate_subnet",
+    "identify",
+    "make_client_app",
+    "train_subnet",
+]
+
+# load_data(context, batch_size) -> (train_loader, test_loader)
+LoadData = Callable[[Context, int], tuple[DataLoader, DataLoader]]
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def client_id_from_context(context: Context) -> str:
+    """The client's stable identity.
+
+    ``client-id`` from the node config (deployment), else ``partition-id``
+    (simulation). Raises ``ValueError`` when neither is set.
+    """
+    node_config = context.node_config
+    if m.CLIENT_ID in node_config:
+        return str(node_config[m.CLIENT_ID])
+    if m.PARTITION_ID in node_config:
+        return str(node_config[m.PARTITION_ID])
+    raise ValueError(
+        "node config has neither 'client-id' nor 'partition-id'; start the "
+        'SuperNode with --node-config "client-id=<id>"'
+    )
+
+
+@lru_cache(maxsize=16)
+def _family(name: str, config_json: str) -> SupernetFamily:
+    return get_supernet(name, **json.loads(config_json))
+
+
+def build_subnet_from_config(
+    config: ConfigRecord | dict[str, Any],
+) -> tuple[SupernetFamily, Architecture, nn.Module]:
+    """Family, architecture and a fresh subnet module from a server config."""
+    for key in (m.ARCH, m.SUPERNET, m.SUPERNET_CONFIG):
+        if key not in config:
+            raise ValueError(f"config lacks {key!r}")
+    family = _family(str(config[m.SUPERNET]), str(config[m.SUPERNET_CONFIG]))
+    arch = architecture_from_json(str(config[m.ARCH]), family.search_space)
+    return family, arch, family.build_subnet(arch)
+
+
+def _device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _fit(
+    model: nn.Module,
+    config: ConfigRecord | dict[str, Any],
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    device: torch.device,
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Train then test; the metrics a reply carries, and the trained weights."""
+    epochs = int(config.get(m.LOCAL_EPOCHS, 1))
+    lr = float(config.get(m.LR, 0.05))
+    start = time.perf_counter()
+    result = train(model, train_loader, epochs=epochs, lr=lr, device=device)
+    _, accuracy, _ = evaluate(model, test_loader, device=device)
+    compute = time.perf_counter() - start
+    metrics = {
+        m.NUM_EXAMPLES: int(result.num_examples),
+        m.ACCURACY: float(accuracy),
+        m.TRAIN_LOSS: float(result.loss),
+        m.COMPUTE_SECONDS: float(compute),
+        m.PEAK_MEMORY_BYTES: float(result.peak_memory_bytes),
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return metrics, state
+
+
+def train_subnet(
+    msg: Message,
+    context: Context,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    device: str | None = None,
+    arrayrecord_key: str = "arrays",
+    configrecord_key: str = "config",
+) -> Message:
+    """Handle a train message: build the subnet, train, test, reply.
+
+    The reply carries ``arrays`` (trained subnet), ``metrics`` (num-examples,
+    accuracy on the client's own test split after training, train-loss,
+    compute-seconds, peak-memory-bytes) and ``config`` echoing the
+    architecture and the client id.
+    """
+    config = msg.content[configrecord_key]
+    family, arch, model = build_subnet_from_config(config)
+    model.load_state_dict(msg.content[arrayrecord_key].to_torch_state_dict(), strict=True)
+    metrics, state = _fit(model, config, train_loader, test_loader, _device(device))
+    content = RecordDict(
+        {
+            arrayrecord_key: ArrayRecord(state),
+            "metrics": MetricRecord(metrics),
+            configrecord_key: ConfigRecord(
+                {m.ARCH: architecture_to_json(arch), m.CLIENT_ID: client_id_from_context(context)}
+            ),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def evaluate_subnet(
+    msg: Message,
+    context: Context,
+    test_loader: DataLoader,
+    device: str | None = None,
+    arrayrecord_key: str = "arrays",
+    configrecord_key: str = "config",
+) -> Message:
+    """Handle an evaluate message: test the given subnet on the own test split."""
+    config = msg.content[configrecord_key]
+    _, arch, model = build_subnet_from_config(config)
+    model.load_state_dict(msg.content[arrayrecord_key].to_torch_state_dict(), strict=True)
+    loss, accuracy, n = evaluate(model, test_loader, device=_device(device))
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {m.NUM_EXAMPLES: n, m.ACCURACY: float(accuracy), "loss": float(loss)}
+            ),
+            configrecord_key: ConfigRecord(
+                {m.ARCH: architecture_to_json(arch), m.CLIENT_ID: client_id_from_context(context)}
+            ),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def identify(msg: Message, context: Context) -> Message:
+    """Handle the identity query: reply with the stable client id."""
+    content = RecordDict({"config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)})})
+    return Message(content=content, reply_to=msg)
+
+
+def make_client_app(load_data: LoadData, device: str | None = None) -> ClientApp:
+    """A ``ClientApp`` that trains and evaluates whatever subnet it is sent.
+
+    Parameters
+    ----------
+    load_data : Callable[[Context, int], tuple[DataLoader, DataLoader]]
+        Returns this node's train and test loaders for a batch size; called on
+        every message, so it should cache.
+    device : str | None (default: None)
+        Torch device; CUDA when available if ``None``.
+    """
+    app = ClientApp()
+
+    def _batch_size(msg: Message) -> int:
+        config = msg.content.config_records.get("config", ConfigRecord())
+        return int(config.get(m.BATCH_SIZE, DEFAULT_BATCH_SIZE))
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        train_loader, test_loader = load_data(context, _batch_size(msg))
+        return train_subnet(msg, context, train_loader, test_loader, device)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        _, test_loader = load_data(context, _batch_size(msg))
+        return evaluate_subnet(msg, context, test_loader, device)
+
+    @app.query()
+    def _query(msg: Message, context: Context) -> Message:
+        return identify(msg, context)
+
+    return app
+
+
+class SubnetClient(NumPyClient):
+    """A ``NumPyClient`` for the legacy strategy API.
+
+    Parameters arrive as a list of arrays in the subnet's ``state_dict`` key
+    order; the architecture and family come in the fit/evaluate config.
+
+    Parameters
+    ----------
+    client_id : str
+        Stable identity (answers ``get_properties``).
+    train_loader, test_loader : DataLoader
+        This client's data.
+    device : str | None (default: None)
+        Torch device; CUDA when available if ``None``.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        train_loader: DataLoader,
+        test_loader: DataLoader,
+        device: str | None = None,
+    ) -> None:
+        self.client_id = str(client_id)
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.device = _device(device)
+
+    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {m.CLIENT_ID: self.client_id}
+
+    @staticmethod
+    def _load(model: nn.Module, parameters: list[np.ndarray]) -> None:
+        keys = list(model.state_dict().keys())
+        if len(keys) != len(parameters):
+            raise ValueError(
+                f"received {len(parameters)} arrays, the subnet has {len(keys)} tensors"
+            )
+        state = {k: torch.from_numpy(np.array(v)) for k, v in zip(keys, parameters)}
+        model.load_state_dict(state, strict=True)
+
+    def fit(self, parameters, config):
+        _, arch, model = build_subnet_from_config(config)
+        self._load(model, parameters)
+        metrics, state = _fit(model, config, self.train_loader, self.test_loader, self.device)
+        arrays = [v.numpy() for v in state.values()]
+        metrics[m.ARCH] = architecture_to_json(arch)
+        metrics[m.CLIENT_ID] = self.client_id
+        return arrays, int(metrics[m.NUM_EXAMPLES]), metrics
+
+    def evaluate(self, parameters, config):
+        _, _, model = build_subnet_from_config(config)
+        self._load(model, parameters)
+        loss, accuracy, n = evaluate(model, self.test_loader, device=self.device)
+        return float(loss), int(n), {m.ACCURACY: float(accuracy), m.CLIENT_ID: self.client_id}

@@ -1,0 +1,349 @@
+"""PerFedRLNAS as a strategy of Flower's Message API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from . import messages as m
+from .results import summarise_accuracies
+from .search import ClientReply, SearchConfig
+from .session import SearchSession, natural_sorted
+from .supernets import SupernetFamily
+
+__all__ = ["PerFedRLNAS"]
+
+
+class PerFedRLNAS(Strategy):
+    """Personalised federated NAS by reinforcement learning (Message API).
+
+    The strategy owns the search state: the supernet and one architecture
+    policy per client, keyed on the client's stable id (``client-id`` or
+    ``partition-id`` of its node config, learnt once per node with a query
+    message), never on Flower's node id. Each round it samples clients, sends
+    each its own subnet and architecture, rewards and updates the policies of
+    those that answer, and merges their subnets into the supernet with the
+    count-normalised masked mean. Evaluation sends every client the subnet of
+    its most probable architecture (its deployed model).
+
+    Parameters
+    ----------
+    family : SupernetFamily
+        The supernet family (``get_supernet(name, **knobs)``).
+    clients_per_round : int (default: 5)
+        ``N``, clients sampled for training each round (all when fewer exist).
+    min_available_nodes : int (default: 2)
+        Wait until this many nodes are connected before sampling.
+    fraction_evaluate : float (default: 1.0)
+        Fraction of the known clients evaluated in an evaluation round; 1.0
+        evaluates every client (the personalised-accuracy protocol).
+    evaluate_every : int (default: 1)
+        Evaluate every this many rounds (and always at the last round).
+    search_config : SearchConfig | None (default: None)
+        Policy, reward and merge settings; ``SearchConfig()`` when ``None``.
+    local_epochs : int (default: 1)
+        ``E``, local epochs per round (sent as ``local-epochs``).
+    lr : float (default: 0.05)
+        Client learning rate (sent as ``lr``).
+    batch_size : int (default: 32)
+        Client batch size (sent as ``batch-size``).
+    results_dir : str | None (default: None)
+        Where rounds.csv, clients.csv, config.json and accuracy.png go.
+    checkpoint_dir : str | None (default: None)
+        Where the search state is checkpointed after every round.
+    resume : bool (default: False)
+        Continue from the checkpoint in ``checkpoint_dir`` if there is one.
+    run_config : dict | None (default: None)
+        Settings recorded verbatim in config.json.
+    arrayrecord_key : str (default: "arrays")
+        Key of the ArrayRecord in messages.
+    configrecord_key : str (default: "config")
+        Key of the ConfigRecord in messages.
+    metricrecord_key : str (default: "metrics")
+        Key of the MetricRecord in replies.
+    query_timeout : float (default: 120.0)
+        Seconds to wait for new nodes to say who they are.
+    """
+
+    def __init__(
+        self,
+        family: SupernetFamily,
+        clients_per_round: int = 5,
+        min_available_nodes: int = 2,
+        fraction_evaluate: float = 1.0,
+        evaluate_every: int = 1,
+        search_config: SearchConfig | None = None,
+        local_epochs: int = 1,
+        lr: float = 0.05,
+        batch_size: int = 32,
+        results_dir: str | None = None,
+        checkpoint_dir: str | None = None,
+        resume: bool = False,
+        run_config: dict[str, Any] | None = None,
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+        metricrecord_key: str = "metrics",
+        query_timeout: float = 120.0,
+    ) -> None:
+        if not 0.0 <= fraction_evaluate <= 1.0:
+            raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
+        self.session = SearchSession(
+            family,
+            search_config,
+            clients_per_round=clients_per_round,
+            local_epochs=local_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            evaluate_every=evaluate_every,
+            results_dir=results_dir,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            run_config=run_config,
+            name="PerFedRLNAS",
+        )
+        self.family = family
+        self.min_available_nodes = int(min_available_nodes)
+        self.fraction_evaluate = float(fraction_evaluate)
+        self.arrayrecord_key = arrayrecord_key
+        self.configrecord_key = configrecord_key
+        self.metricrecord_key = metricrecord_key
+        self.query_timeout = float(query_timeout)
+        self.node_to_client: dict[int, str] = {}
+        self.client_to_node: dict[str, int] = {}
+        self._initial_loaded = self.session.resumed_from > 0
+        self._sent: dict[int, str] = {}
+
+    @property
+    def search(self):
+        """The search core (supernet, policies, accuracy history)."""
+        return self.session.search
+
+    def summary(self) -> None:
+        """Log the strategy's settings as a small tree."""
+        self.session.summary()
+        log(
+            INFO,
+            "\t└──> Keys: arrays '%s', config '%s', metrics '%s'; evaluate fraction %.2f",
+            self.arrayrecord_key,
+            self.configrecord_key,
+            self.metricrecord_key,
+            self.fraction_evaluate,
+        )
+
+    # ------------------------------------------------------------------ identity
+    def _identify(self, grid: Grid) -> list[str]:
+        """Learn the client id of every new node; return the connected clients."""
+        while len(node_ids := list(grid.get_node_ids())) < self.min_available_nodes:
+            log(
+                INFO,
+                "Waiting for nodes to connect: %d connected (minimum required: %d).",
+                len(node_ids),
+                self.min_available_nodes,
+            )
+            time.sleep(1)
+        unknown = [n for n in node_ids if n not in self.node_to_client]
+        if unknown:
+            queries = [
+                Message(
+                    content=RecordDict(
+                        {self.configrecord_key: ConfigRecord({"query": m.CLIENT_ID})}
+                    ),
+                    message_type=MessageType.QUERY,
+                    dst_node_id=node_id,
+                )
+                for node_id in unknown
+            ]
+            for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
+                self._learn_identity(reply, node_ids)
+        connected = set(node_ids)
+        return natural_sorted([c for n, c in self.node_to_client.items() if n in connected])
+
+    def _learn_identity(self, reply: Message, node_ids: list[int]) -> None:
+        node_id = reply.metadata.src_node_id
+        if reply.has_error():
+            log(WARNING, "node %s did not say who it is: %s", node_id, reply.error.reason)
+            return
+        config = reply.content.config_records.get(self.configrecord_key)
+        cid = None if config is None else config.get(m.CLIENT_ID)
+        if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid) == "":
+            log(WARNING, "node %s answered the identity query with %r: ignored", node_id, cid)
+            return
+        cid = str(cid)
+        old = self.client_to_node.get(cid)
+        if old is not None and old != node_id:
+            if old in node_ids:
+                log(
+                    WARNING,
+                    "node %s claims client id %r, held by node %s: ignored",
+                    node_id,
+                    cid,
+                    old,
+                )
+                return
+            del self.node_to_client[old]  # the client came back on a new node
+        self.node_to_client[node_id] = cid
+        self.client_to_node[cid] = node_id
+
+    # ------------------------------------------------------------------ Flower
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run ``num_rounds`` rounds in all (fewer when resuming part-way).
+
+        ``initial_arrays``, when given and not empty, replaces the initial
+        supernet (for example a pre-trained one); it is ignored on resume.
+        """
+        remaining = self.session.remaining_rounds(num_rounds)
+        return super().start(
+            grid,
+            initial_arrays if initial_arrays is not None else ArrayRecord(),
+            num_rounds=remaining,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample clients and send each its own sampled subnet and architecture."""
+        if not self._initial_loaded:
+            self._initial_loaded = True
+            if len(arrays) > 0:
+                self.search.supernet = self.search._checked_supernet(m.record_to_arrays(arrays))
+        clients = self._identify(grid)
+        proposals = self.session.propose_round(server_round, clients)
+        extra = self.session.client_config(config)
+        round_no = self.session.global_round(server_round)
+        self._sent = {}
+        messages = []
+        for proposal in proposals:
+            node_id = self.client_to_node[proposal.client_id]
+            content = RecordDict(
+                {
+                    self.arrayrecord_key: m.arrays_to_record(proposal.state),
+                    self.configrecord_key: m.subnet_config(
+                        self.family, proposal.arch, round_no, extra
+                    ),
+                }
+            )
+            messages.append(
+                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
+            )
+            self._sent[node_id] = proposal.client_id
+        return messages
+
+    def _parse(self, msg: Message) -> ClientReply | None:
+        node_id = msg.metadata.src_node_id
+        cid = self._sent.get(node_id)
+        if cid is None:
+            log(WARNING, "reply from node %s, which was sent nothing this round: ignored", node_id)
+            return None
+        if msg.has_error():
+            self.session.record_failure(cid, f"client error: {msg.error.reason}")
+            return None
+        content = msg.content
+        config = content.config_records.get(self.configrecord_key)
+        arch_json = None if config is None else config.get(m.ARCH)
+        try:
+            return m.reply_from_records(
+                cid,
+                content.array_records.get(self.arrayrecord_key),
+                content.metric_records.get(self.metricrecord_key),
+                None if arch_json is None else str(arch_json),
+                self.family,
+            )
+        except ValueError as err:
+            self.session.record_failure(cid, f"rejected: {err}")
+            return None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Reward, update the policies and merge the returned subnets."""
+        parsed = [r for r in (self._parse(msg) for msg in replies) if r is not None]
+        self.session.incorporate(server_round, parsed)
+        self._sent = {}
+        return m.arrays_to_record(self.search.supernet), MetricRecord(self.session.train_metrics())
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send every client (or a fraction) the subnet of its argmax architecture."""
+        if self.fraction_evaluate == 0.0 or not self.session.is_evaluation_round(server_round):
+            return []
+        clients = self._identify(grid)
+        if self.fraction_evaluate < 1.0:
+            num = max(1, int(round(len(clients) * self.fraction_evaluate)))
+            clients = self.search.sample_clients(clients, num)
+        round_no = self.session.global_round(server_round)
+        messages = []
+        for cid in clients:
+            arch, state = self.session.deploy(cid)
+            content = RecordDict(
+                {
+                    self.arrayrecord_key: m.arrays_to_record(state),
+                    self.configrecord_key: m.subnet_config(
+                        self.family, arch, round_no, dict(config)
+                    ),
+                }
+            )
+            messages.append(
+                Message(
+                    content=content,
+                    message_type=MessageType.EVALUATE,
+                    dst_node_id=self.client_to_node[cid],
+                )
+            )
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Record each client's personalised accuracy; log the round; checkpoint."""
+        accuracies: dict[str, float] = {}
+        for msg in replies:
+            cid = self.node_to_client.get(msg.metadata.src_node_id)
+            if cid is None:
+                continue
+            if msg.has_error():
+                log(WARNING, "evaluation of client %s failed: %s", cid, msg.error.reason)
+                continue
+            metrics = msg.content.metric_records.get(self.metricrecord_key)
+            if metrics is None:
+                log(WARNING, "evaluation reply of client %s has no metrics: ignored", cid)
+                continue
+            acc = metrics.get(m.ACCURACY)
+            if self.session.record_evaluation(
+                server_round, cid, acc, metrics.get(m.NUM_EXAMPLES, 0)
+            ):
+                accuracies[cid] = float(acc)
+        self.session.finish_round(server_round, accuracies)
+        if not accuracies:
+            return None
+        mean, std = summarise_accuracies(accuracies)
+        return MetricRecord(
+            {"accuracy-mean": mean, "accuracy-std": std, "num-clients": len(accuracies)}
+        )

@@ -1,0 +1,61 @@
+"""Supernet families and their registry."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .base import SupernetFamily, numpy_to_state, state_to_numpy
+
+__all__ = [
+    "SupernetFamily",
+    "available_supernets",
+    "get_supernet",
+    "numpy_to_state",
+    "register_supernet",
+    "state_to_numpy",
+]
+
+# Built-in families, imported on first use so that a client pays only for its own.
+_BUILTIN_MODULES = {
+    "elastic-cnn": "flwr_pfedrlnas.supernets.elastic_cnn",
+    "mobilenetv3": "flwr_pfedrlnas.supernets.mobilenetv3",
+}
+_REGISTRY: dict[str, type[SupernetFamily]] = {}
+
+
+def register_supernet(cls: type[SupernetFamily]) -> type[SupernetFamily]:
+    """Class decorator: make a family available under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} must set a non-empty class attribute 'name'")
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls:
+        raise ValueError(
+            f"supernet family {cls.name!r} is already registered by "
+            f"{existing.__module__}.{existing.__qualname__}"
+        )
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtin(name: str) -> None:
+    if name in _BUILTIN_MODULES and name not in _REGISTRY:
+        importlib.import_module(_BUILTIN_MODULES[name])
+
+
+def available_supernets() -> list[str]:
+    """Names of every registered family, built-in ones included."""
+    for name in _BUILTIN_MODULES:
+        _load_builtin(name)
+    return sorted(_REGISTRY)
+
+
+def get_supernet(name: str, **knobs: Any) -> SupernetFamily:
+    """Build the family ``name`` with the given size knobs.
+
+    Raises ``ValueError`` naming the unknown family and the known ones.
+    """
+    _load_builtin(name)
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown supernet family {name!r}; available: {available_supernets()}")
+    return _REGISTRY[name](**knobs)

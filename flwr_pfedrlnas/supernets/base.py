@@ -1,0 +1,175 @@
+"""The supernet contract that every family implements, and what follows from it."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..search_space import Architecture, SearchSpace, architecture_to_json
+
+__all__ = ["SupernetFamily", "Slices", "state_to_numpy", "numpy_to_state"]
+
+# Where one subnet tensor sits inside the supernet tensor of the same key.
+Slices = tuple[slice, ...]
+
+_SHAPE_CACHE_SIZE = 512
+
+
+class SupernetFamily(ABC):
+    """A weight-sharing supernet family.
+
+    A family declares its :class:`SearchSpace` and two builders. Everything else
+    (where each subnet tensor sits inside the supernet, extraction, merging) is
+    derived from them by generic code, so a new family is a new subclass and
+    nothing more.
+
+    Contract
+    --------
+    ``build_subnet(arch).state_dict()`` has a subset of the keys of
+    ``build_supernet().state_dict()``, and each tensor is a slice of the
+    supernet tensor of the same key: leading entries along every axis, except
+    the spatial axes of convolution kernels (axes 2 and up of a tensor of 3 or
+    more dimensions), where it is the centre crop. Families whose tensors follow
+    another rule override :meth:`tensor_slices`.
+
+    Parameters
+    ----------
+    **knobs
+        The family's size knobs (JSON-serialisable scalars). A client rebuilds
+        the family from its name and these knobs, so they must determine every
+        shape.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, **knobs: Any) -> None:
+        self._config = dict(knobs)
+        self._supernet_shapes: dict[str, tuple[int, ...]] | None = None
+        self._subnet_shapes: OrderedDict[str, dict[str, tuple[int, ...]]] = OrderedDict()
+
+    # ------------------------------------------------------------------ contract
+    @property
+    @abstractmethod
+    def search_space(self) -> SearchSpace:
+        """The family's search space."""
+
+    @abstractmethod
+    def build_supernet(self) -> nn.Module:
+        """Server-side module holding every shared weight."""
+
+    @abstractmethod
+    def build_subnet(self, arch: Architecture) -> nn.Module:
+        """Standalone module for one architecture (never builds the supernet)."""
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def config(self) -> dict[str, Any]:
+        """The size knobs this family was built with."""
+        return dict(self._config)
+
+    def config_json(self) -> str:
+        """Size knobs as JSON (sent to clients as ``supernet-config``)."""
+        return json.dumps(self._config, sort_keys=True)
+
+    def __repr__(self) -> str:
+        knobs = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({knobs})"
+
+    def largest_architecture(self) -> Architecture:
+        """The architecture with the most weights (last choice of each dimension)."""
+        return self.search_space.largest()
+
+    def smallest_architecture(self) -> Architecture:
+        """The architecture with the fewest weights (first choice of each dimension)."""
+        return self.search_space.smallest()
+
+    def supernet_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shape of every supernet tensor, derived without allocating weights."""
+        if self._supernet_shapes is None:
+            with torch.device("meta"):
+                module = self.build_supernet()
+            self._supernet_shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        return dict(self._supernet_shapes)
+
+    def subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
+        """Shape of every tensor of ``arch``'s subnet, in the subnet's key order."""
+        arch = self.search_space.validate(arch)
+        key = architecture_to_json(arch)
+        if key in self._subnet_shapes:
+            self._subnet_shapes.move_to_end(key)
+            return dict(self._subnet_shapes[key])
+        with torch.device("meta"):
+            module = self.build_subnet(arch)
+        shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        self._subnet_shapes[key] = shapes
+        if len(self._subnet_shapes) > _SHAPE_CACHE_SIZE:
+            self._subnet_shapes.popitem(last=False)
+        return dict(shapes)
+
+    def tensor_slices(
+        self, key: str, sub_shape: tuple[int, ...], super_shape: tuple[int, ...]
+    ) -> Slices:
+        """Where a subnet tensor of ``sub_shape`` sits in the supernet tensor.
+
+        Leading entries along every axis; centre crop along the spatial axes
+        (2 and up) of tensors with 3 or more dimensions (convolution kernels).
+        """
+        if len(sub_shape) != len(super_shape):
+            raise ValueError(
+                f"{self.name}: subnet tensor {key!r} has shape {sub_shape}, "
+                f"supernet tensor has shape {super_shape} (different rank)"
+            )
+        slices = []
+        for axis, (s, big) in enumerate(zip(sub_shape, super_shape)):
+            if s > big:
+                raise ValueError(
+                    f"{self.name}: subnet tensor {key!r} has shape {sub_shape}, "
+                    f"larger than the supernet's {super_shape} on axis {axis}"
+                )
+            if axis >= 2 and len(sub_shape) >= 3:
+                if (big - s) % 2:
+                    raise ValueError(
+                        f"{self.name}: kernel axis {axis} of {key!r} cannot be "
+                        f"centre-cropped from {big} to {s}"
+                    )
+                start = (big - s) // 2
+                slices.append(slice(start, start + s))
+            else:
+                slices.append(slice(0, s))
+        return tuple(slices)
+
+    def subnet_slices(self, arch: Architecture) -> dict[str, Slices]:
+        """For each subnet key, its slices into the supernet tensor of that key."""
+        super_shapes = self.supernet_shapes()
+        out: dict[str, Slices] = {}
+        for key, shape in self.subnet_shapes(arch).items():
+            if key not in super_shapes:
+                raise ValueError(
+                    f"{self.name}: subnet key {key!r} is not in the supernet "
+                    "(the family breaks the supernet contract)"
+                )
+            out[key] = self.tensor_slices(key, shape, super_shapes[key])
+        return out
+
+    def init_supernet_state(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """Freshly initialised supernet weights as numpy arrays (seeded)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = self.build_supernet()
+        return state_to_numpy(module.state_dict())
+
+
+def state_to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A torch ``state_dict`` as name -> numpy array (copies, on the CPU)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
+
+
+def numpy_to_state(state: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Name -> numpy array as a torch ``state_dict``."""
+    return {k: torch.from_numpy(np.array(v)) for k, v in state.items()}

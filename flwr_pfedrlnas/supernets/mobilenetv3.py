@@ -1,0 +1,418 @@
+"""Once-for-all style MobileNetV3 supernet family (kernel, expand, depth, width)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torchvision.ops import SqueezeExcitation
+
+from ..search_space import Architecture, Dimension, SearchSpace
+from . import register_supernet
+from .base import SupernetFamily
+
+__all__ = ["MOBILENETV3_STAGES", "MobileNetV3Family", "StageSpec"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One searchable stage of the MobileNetV3 table.
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels at ``width_mult=1`` and width choice 1.0.
+    stride : int
+        Stride of the stage's first block (the other blocks have stride 1).
+    activation : {"relu", "hardswish"}
+        Activation of the expand and depthwise convolutions.
+    use_se : bool
+        Whether every block of the stage has squeeze-excitation.
+    """
+
+    out_channels: int
+    stride: int
+    activation: Literal["relu", "hardswish"]
+    use_se: bool
+
+
+# The searchable stages of OFA's MobileNetV3 (MobileNetV3-Large's bottlenecks
+# after the first one, grouped by output width).
+MOBILENETV3_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(24, 2, "relu", False),
+    StageSpec(40, 2, "relu", True),
+    StageSpec(80, 2, "hardswish", False),
+    StageSpec(112, 1, "hardswish", True),
+    StageSpec(160, 2, "hardswish", True),
+)
+
+_STEM_CHANNELS = 16  # stem conv 3x3 (hardswish) and the fixed first block
+_FINAL_EXPAND_RATIO = 6  # final 1x1 conv: 6 x last stage width (960 for 160)
+_HEAD_CHANNELS = 1280  # hidden width of the classifier head
+_DIVISOR = 8
+_LOW_RES_THRESHOLD = 64  # at or below this input size, the stem has stride 1
+_SE_REDUCTION = 4
+
+
+def _make_divisible(value: float, divisor: int = _DIVISOR) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``).
+
+    Never rounds down by more than 10 % (the MobileNet rule).
+    """
+    new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return new_value
+
+
+def _activation(name: str) -> nn.Module:
+    """The activation module called ``name``."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "hardswish":
+        return nn.Hardswish()
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class _ConvBNAct(nn.Module):
+    """Convolution (no bias), BatchNorm and an optional activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        )
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = _activation(activation) if activation else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class _FirstBlock(nn.Module):
+    """MobileNetV3's fixed first bottleneck: depthwise 3x3 + ReLU, project, residual."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.dw = _ConvBNAct(channels, channels, 3, groups=channels, activation="relu")
+        self.project = _ConvBNAct(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.dw(x))
+
+
+class _InvertedResidual(nn.Module):
+    """Expand 1x1, depthwise kxk, optional squeeze-excitation, project 1x1."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        stride: int,
+        activation: str,
+        use_se: bool,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+        self.expand = _ConvBNAct(in_channels, hidden_channels, 1, activation=activation)
+        self.dw = _ConvBNAct(
+            hidden_channels,
+            hidden_channels,
+            kernel_size,
+            stride=stride,
+            groups=hidden_channels,
+            activation=activation,
+        )
+        self.se = (
+            SqueezeExcitation(
+                hidden_channels,
+                _make_divisible(hidden_channels / _SE_REDUCTION),
+                scale_activation=nn.Hardsigmoid,
+            )
+            if use_se
+            else nn.Identity()
+        )
+        self.project = _ConvBNAct(hidden_channels, out_channels, 1)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.dw(self.expand(x))))
+        return x + out if self.residual else out
+
+
+class _MobileNetV3(nn.Module):
+    """A MobileNetV3 of one architecture (the supernet is the largest one)."""
+
+    def __init__(
+        self,
+        stem: _ConvBNAct,
+        first_block: _FirstBlock,
+        stages: nn.ModuleList,
+        final_expand: _ConvBNAct,
+        head_channels: int,
+        num_classes: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.stem = stem
+        self.first_block = first_block
+        self.stages = stages
+        self.final_expand = final_expand
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_mix = nn.Linear(final_expand.conv.out_channels, head_channels)
+        self.head_act = nn.Hardswish()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(head_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first_block(self.stem(x))
+        for stage in self.stages:
+            x = stage(x)
+        x = self.pool(self.final_expand(x)).flatten(1)
+        x = self.dropout(self.head_act(self.feature_mix(x)))
+        return self.classifier(x)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Kaiming (fan-out) convolutions, unit BatchNorm, small-normal linears."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _sorted_choices(name: str, values: Sequence[Any], kind: type, minimum: float) -> list[Any]:
+    """Validate a choice list: numbers of ``kind``, >= ``minimum``, increasing."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"{name} must be a list, got {values!r}")
+    if len(values) == 0:
+        raise ValueError(f"{name} must not be empty")
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"{name}: choice {v!r} is not a number")
+        if kind is int:
+            if float(v) != int(v):
+                raise ValueError(f"{name}: choice {v!r} is not an integer")
+            v = int(v)
+        elif kind is float:
+            v = float(v)
+        elif float(v) == int(v):  # int or float: integral values as int
+            v = int(v)
+        if v < minimum:
+            raise ValueError(f"{name}: choice {v!r} is below {minimum}")
+        out.append(v)
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"{name} must be strictly increasing, got {out}")
+    return out
+
+
+@register_supernet
+class MobileNetV3Family(SupernetFamily):
+    """Once-for-all style MobileNetV3 supernet (MobileNetV3-Large backbone).
+
+    The network is a stem (3x3 conv, 16 channels, hardswish), MobileNetV3's fixed
+    first bottleneck (depthwise 3x3, 16 channels, residual), the first
+    ``num_stages`` stages of :data:`MOBILENETV3_STAGES`, a 1x1 expand conv to 6x
+    the last stage's width (960 for MobileNetV3-Large), global pooling, a linear
+    layer to 1280 features with hardswish, dropout and the classifier.
+
+    Each stage ``i`` (1-based) has four searched dimensions, choices ordered
+    small to large: ``stage{i}.kernel`` (depthwise kernel of every block, the
+    centre crop of the largest kernel), ``stage{i}.expand`` (hidden channels =
+    ``make_divisible(in_channels * expand)``), ``stage{i}.depth`` (the first
+    ``depth`` blocks) and ``stage{i}.width`` (output channels =
+    ``make_divisible(max_out * width)``, where ``max_out`` is the stage's
+    table width scaled by ``width_mult``). Every tensor of a subnet is the
+    leading slice (centre crop for kernels) of the supernet tensor of the same
+    key; the supernet is the network of the largest architecture. Module keys
+    use 0-based stage indices: ``stages.{i-1}.{block}.expand.conv.weight``.
+
+    Parameters
+    ----------
+    width_mult : float (default: 1.0)
+        Multiplier of every channel count (stem, stages, final expand, head),
+        rounded to a multiple of 8.
+    num_stages : int (default: 5)
+        How many stages of the table to use (1 to 5).
+    input_resolution : int (default: 224)
+        Input height and width. Above 64 the stem has stride 2 (MobileNetV3);
+        at 64 or below it has stride 1, so that a 32x32 input with all five
+        stages ends at 2x2 instead of 1x1 (total stride 16 instead of 32).
+    num_classes : int (default: 10)
+        Classifier outputs.
+    in_channels : int (default: 3)
+        Input image channels.
+    kernel_choices : list[int] (default: [3, 5, 7])
+        Odd depthwise kernel sizes, increasing.
+    expand_choices : list[float] (default: [3, 4, 6])
+        Expand ratios, increasing.
+    depth_choices : list[int] (default: [2, 3, 4])
+        Blocks per stage, increasing.
+    width_choices : list[float] (default: [0.65, 0.8, 1.0])
+        Fractions of a stage's maximum output channels, increasing, at most 1.
+    dropout : float (default: 0.2)
+        Dropout before the classifier.
+    """
+
+    name = "mobilenetv3"
+
+    def __init__(
+        self,
+        width_mult: float = 1.0,
+        num_stages: int = 5,
+        input_resolution: int = 224,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        kernel_choices: Sequence[int] = (3, 5, 7),
+        expand_choices: Sequence[float] = (3, 4, 6),
+        depth_choices: Sequence[int] = (2, 3, 4),
+        width_choices: Sequence[float] = (0.65, 0.8, 1.0),
+        dropout: float = 0.2,
+    ) -> None:
+        if isinstance(width_mult, bool) or not width_mult > 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult!r}")
+        for knob, value in (
+            ("num_stages", num_stages),
+            ("input_resolution", input_resolution),
+            ("num_classes", num_classes),
+            ("in_channels", in_channels),
+        ):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"{knob} must be a positive integer, got {value!r}")
+        if num_stages > len(MOBILENETV3_STAGES):
+            raise ValueError(
+                f"num_stages must be between 1 and {len(MOBILENETV3_STAGES)}, got {num_stages}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        kernels = _sorted_choices("kernel_choices", kernel_choices, int, 1)
+        if any(k % 2 == 0 for k in kernels):
+            raise ValueError(f"kernel_choices must be odd, got {kernels}")
+        expands = _sorted_choices("expand_choices", expand_choices, object, 0)
+        if expands[0] <= 0:
+            raise ValueError(f"expand_choices must be positive, got {expands}")
+        depths = _sorted_choices("depth_choices", depth_choices, int, 1)
+        widths = _sorted_choices("width_choices", width_choices, float, 0)
+        if widths[0] <= 0 or widths[-1] > 1.0:
+            raise ValueError(f"width_choices must be in (0, 1], got {widths}")
+        super().__init__(
+            width_mult=float(width_mult),
+            num_stages=int(num_stages),
+            input_resolution=int(input_resolution),
+            num_classes=int(num_classes),
+            in_channels=int(in_channels),
+            kernel_choices=kernels,
+            expand_choices=expands,
+            depth_choices=depths,
+            width_choices=widths,
+            dropout=float(dropout),
+        )
+        self._space = SearchSpace(
+            Dimension(f"stage{i}.{field}", tuple(choices))
+            for i in range(1, int(num_stages) + 1)
+            for field, choices in (
+                ("kernel", kernels),
+                ("expand", expands),
+                ("depth", depths),
+                ("width", widths),
+            )
+        )
+
+    @property
+    def search_space(self) -> SearchSpace:
+        """Per stage: ``kernel``, ``expand``, ``depth``, ``width``."""
+        return self._space
+
+    @property
+    def stem_stride(self) -> int:
+        """Stride of the stem: 2 above 64x64 inputs, 1 at or below."""
+        return 2 if self._config["input_resolution"] > _LOW_RES_THRESHOLD else 1
+
+    def stage_max_channels(self) -> list[int]:
+        """Maximum output channels of every stage (width choice 1.0)."""
+        w = self._config["width_mult"]
+        stages = MOBILENETV3_STAGES[: self._config["num_stages"]]
+        return [_make_divisible(s.out_channels * w) for s in stages]
+
+    def build_supernet(self) -> nn.Module:
+        """The network of the largest architecture (holds every shared weight)."""
+        return self._build(self.search_space.largest())
+
+    def build_subnet(self, arch: Architecture) -> nn.Module:
+        """Standalone network of ``arch`` (built from ``arch`` alone)."""
+        return self._build(self.search_space.validate(arch))
+
+    def _build(self, arch: Architecture) -> nn.Module:
+        """Build the network of a validated ``arch`` (one code path for both)."""
+        cfg = self._config
+        w = cfg["width_mult"]
+        stem_ch = _make_divisible(_STEM_CHANNELS * w)
+        stem = _ConvBNAct(cfg["in_channels"], stem_ch, 3, self.stem_stride, activation="hardswish")
+        first_block = _FirstBlock(stem_ch)
+        stages = nn.ModuleList()
+        in_ch = stem_ch
+        max_outs = self.stage_max_channels()
+        for i, (spec, max_out) in enumerate(
+            zip(MOBILENETV3_STAGES[: cfg["num_stages"]], max_outs), start=1
+        ):
+            kernel = int(arch[f"stage{i}.kernel"])
+            expand = arch[f"stage{i}.expand"]
+            depth = int(arch[f"stage{i}.depth"])
+            out_ch = min(max_out, _make_divisible(max_out * arch[f"stage{i}.width"]))
+            blocks = []
+            for b in range(depth):
+                # Blocks after the first keep stride 1 and the stage width: residual.
+                blocks.append(
+                    _InvertedResidual(
+                        in_ch,
+                        out_ch,
+                        _make_divisible(in_ch * expand),
+                        kernel,
+                        spec.stride if b == 0 else 1,
+                        spec.activation,
+                        spec.use_se,
+                        residual=b > 0,
+                    )
+                )
+                in_ch = out_ch
+            stages.append(nn.Sequential(*blocks))
+        final_ch = _make_divisible(_FINAL_EXPAND_RATIO * max_outs[-1])
+        final_expand = _ConvBNAct(in_ch, final_ch, 1, activation="hardswish")
+        net = _MobileNetV3(
+            stem,
+            first_block,
+            stages,
+            final_expand,
+            _make_divisible(_HEAD_CHANNELS * w),
+            cfg["num_classes"],
+            cfg["dropout"],
+        )
+        _init_weights(net)
+        return net

@@ -1,0 +1,148 @@
+"""Local train and test loops shared by every client and baseline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["TrainResult", "evaluate", "train", "training_peak_memory"]
+
+
+@dataclass
+class TrainResult:
+    """Outcome of local training."""
+
+    loss: float
+    num_examples: int
+    seconds: float
+    peak_memory_bytes: int
+
+
+def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+def training_peak_memory(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer_slots: int = 1,
+) -> int:
+    """Peak memory of one training step of ``model`` on this batch, in bytes.
+
+    On CUDA it is ``torch.cuda.max_memory_allocated`` around a real step. On
+    the CPU it is measured from the step's own allocations: the bytes of every
+    distinct tensor autograd saves for the backward pass during a real forward
+    (captured with saved-tensor hooks), plus the batch, the parameters, their
+    gradients and ``optimizer_slots`` optimiser buffers per parameter. Saved
+    activations dominate and are exactly what a smaller subnet saves.
+    """
+    model.train()
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    # The probe must not move BatchNorm statistics: restore the buffers after it.
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            return int(torch.cuda.max_memory_allocated(device))
+
+        seen: set[tuple[int, int]] = set()
+        saved = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal saved
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            if key not in seen:
+                seen.add(key)
+                saved += key[1]
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        weights = _tensor_bytes(model.parameters())
+        return int(saved + _tensor_bytes([images]) + weights * (2 + optimizer_slots))
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+
+
+def train(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    epochs: int,
+    lr: float,
+    device: str | torch.device = "cpu",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    measure_memory: bool = True,
+) -> TrainResult:
+    """Train with SGD for ``epochs`` local epochs; returns mean loss and timing.
+
+    ``seconds`` is the wall time of the training loop itself (the client's
+    compute time); the memory probe runs before the clock starts.
+    """
+    if epochs < 0:
+        raise ValueError(f"local-epochs must be >= 0, got {epochs!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    model.to(device)
+    peak = 0
+    if measure_memory:
+        first = next(iter(loader), None)
+        if first is not None:
+            peak = training_peak_memory(model, first[0], first[1], optimizer_slots=1)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    model.train()
+    total_loss, total_n = 0.0, 0
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * labels.shape[0]
+            total_n += int(labels.shape[0])
+    seconds = time.perf_counter() - start
+    num_examples = total_n // max(epochs, 1)
+    return TrainResult(
+        loss=total_loss / total_n if total_n else float("nan"),
+        num_examples=num_examples,
+        seconds=seconds,
+        peak_memory_bytes=peak,
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: str | torch.device = "cpu",
+) -> tuple[float, float, int]:
+    """Mean cross-entropy, accuracy in [0, 1], and number of examples."""
+    model.to(device)
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        total_loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        n += int(labels.shape[0])
+    if n == 0:
+        return float("nan"), 0.0, 0
+    return total_loss / n, correct / n, n

@@ -1,0 +1,153 @@
+"""End-to-end runs through Flower's simulation engine on the embedded data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import Context
+from flwr.client import ClientApp as LegacyClientApp
+from flwr.server import ServerAppComponents, ServerConfig
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+from flwr_pfedrlnas.aggregation import extract_subnet
+from flwr_pfedrlnas.client import SubnetClient, client_id_from_context, make_client_app
+from flwr_pfedrlnas.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.legacy import PerFedRLNASLegacy
+from flwr_pfedrlnas.search import SearchConfig
+from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.supernets import get_supernet
+
+pytestmark = pytest.mark.slow
+
+NUM_CLIENTS = 4
+ROUNDS = 2
+FAMILY_KNOBS = {
+    "width_mult": 0.35,
+    "num_stages": 2,
+    "input_resolution": 32,
+    "in_channels": 1,
+    "num_classes": 10,
+    "depth_choices": [1, 2],
+}
+BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
+
+
+def _loaders(context: Context, batch_size: int):
+    data = load_client_data(
+        "embedded",
+        partition_id=int(context.node_config["partition-id"]),
+        num_partitions=int(context.node_config["num-partitions"]),
+        alpha=0.5,
+        seed=0,
+    )
+    return make_loaders(data, batch_size=batch_size, seed=0)
+
+
+def _coverage(family, archs):
+    """Per key, the union of entries covered by the given architectures."""
+    shapes = family.supernet_shapes()
+    covered = {k: np.zeros(s, dtype=bool) for k, s in shapes.items()}
+    for arch in archs:
+        for key, slices in family.subnet_slices(arch).items():
+            covered[key][slices] = True
+    return covered
+
+
+def _check_run(strategy, initial, results_dir):
+    search = strategy.search
+    family = search.family
+    # Every trained client's policy moved away from uniform.
+    trained = [c for c, p in search.policies.items() if p.steps > 0]
+    assert trained, "no policy was updated"
+    for cid in trained:
+        alpha = search.policies[cid].alpha
+        assert any(np.any(a != 0) for a in alpha.values()), cid
+    # The supernet changed, and only where some sampled subnet covered it.
+    rounds = pd.read_csv(results_dir / "rounds.csv")
+    assert list(rounds["round"]) == list(range(1, ROUNDS + 1))
+    assert rounds["num-accepted"].sum() >= 2
+    assert (rounds["accuracy-mean"] > 0.0).all()
+    assert (rounds["num-evaluated"] == NUM_CLIENTS).all()
+    changed = {k: initial[k] != v for k, v in search.supernet.items()}
+    assert any(c.any() for c in changed.values())
+    clients = pd.read_csv(results_dir / "clients.csv")
+    assert sorted(clients["client-id"].astype(str)) == [str(i) for i in range(NUM_CLIENTS)]
+    for arch_json in clients["arch"]:
+        family.search_space.validate(json.loads(arch_json))
+    assert (clients["accuracy"].between(0, 1)).all()
+    assert (results_dir / "config.json").exists()
+    assert (results_dir / "accuracy.png").stat().st_size > 0
+    assert (results_dir / "checkpoint" / "state.json").exists()
+    return changed
+
+
+def test_message_api_simulation(tmp_path):
+    family = get_supernet("mobilenetv3", **FAMILY_KNOBS)
+    strategy = PerFedRLNAS(
+        family,
+        clients_per_round=3,
+        min_available_nodes=NUM_CLIENTS,
+        search_config=SearchConfig(seed=1),
+        results_dir=str(tmp_path),
+        checkpoint_dir=str(tmp_path / "checkpoint"),
+    )
+    initial = {k: v.copy() for k, v in strategy.search.supernet.items()}
+    proposed = []
+    propose = strategy.search.propose
+
+    def recording_propose(cid):
+        proposal = propose(cid)
+        proposed.append(proposal.arch)
+        return proposal
+
+    strategy.search.propose = recording_propose
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy.start(grid, num_rounds=ROUNDS)
+
+    run_simulation(server_app, make_client_app(_loaders), NUM_CLIENTS, backend_config=BACKEND)
+
+    changed = _check_run(strategy, initial, tmp_path)
+    covered = _coverage(family, proposed)
+    for key, mask in changed.items():
+        assert not (mask & ~covered[key]).any(), f"{key} changed outside every sampled subnet"
+    # The deployed model of a client is the argmax subnet cut from the supernet.
+    arch, state = strategy.search.deploy("0")
+    expected = extract_subnet(family, strategy.search.supernet, arch)
+    assert all(np.array_equal(state[k], expected[k]) for k in expected)
+
+
+def test_legacy_api_simulation(tmp_path):
+    family = get_supernet("mobilenetv3", **FAMILY_KNOBS)
+    strategy = PerFedRLNASLegacy(
+        family,
+        clients_per_round=3,
+        min_available_clients=NUM_CLIENTS,
+        search_config=SearchConfig(seed=2),
+        results_dir=str(tmp_path),
+        checkpoint_dir=str(tmp_path / "checkpoint"),
+    )
+    initial = {k: v.copy() for k, v in strategy.search.supernet.items()}
+
+    def server_fn(context: Context) -> ServerAppComponents:
+        return ServerAppComponents(
+            strategy=strategy, config=ServerConfig(num_rounds=strategy.remaining_rounds(ROUNDS))
+        )
+
+    def client_fn(context: Context):
+        train_loader, test_loader = _loaders(context, 32)
+        return SubnetClient(client_id_from_context(context), train_loader, test_loader).to_client()
+
+    run_simulation(
+        ServerApp(server_fn=server_fn),
+        LegacyClientApp(client_fn=client_fn),
+        NUM_CLIENTS,
+        backend_config=BACKEND,
+    )
+    _check_run(strategy, initial, tmp_path)
