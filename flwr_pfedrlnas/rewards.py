@@ -33,7 +33,9 @@ class AccuracyHistory:
         """Mean over clients of each one's most recent accuracy (0 when empty)."""
         if not self.latest:
             return 0.0
-        return sum(self.latest.values()) / len(self.latest)
+        # fsum is exactly rounded, so the mean does not depend on insertion order
+        # (a resumed run must reproduce an uninterrupted one bit for bit).
+        return math.fsum(self.latest.values()) / len(self.latest)
 
     def state_dict(self) -> dict[str, float]:
         return dict(self.latest)
