@@ -18,8 +18,10 @@ __all__ = [
 
 # Built-in families, imported on first use so that a client pays only for its own.
 _BUILTIN_MODULES = {
+    "darts": "flwr_pfedrlnas.supernets.darts",
     "elastic-cnn": "flwr_pfedrlnas.supernets.elastic_cnn",
     "mobilenetv3": "flwr_pfedrlnas.supernets.mobilenetv3",
+    "nasvit": "flwr_pfedrlnas.supernets.nasvit",
 }
 _REGISTRY: dict[str, type[SupernetFamily]] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -49,7 +50,7 @@ class SupernetFamily(ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, **knobs: Any) -> None:
-        self._config = dict(knobs)
+        self._config = copy.deepcopy(dict(knobs))
         self._supernet_shapes: dict[str, tuple[int, ...]] | None = None
         self._subnet_shapes: OrderedDict[str, dict[str, tuple[int, ...]]] = OrderedDict()
 
@@ -70,8 +71,8 @@ class SupernetFamily(ABC):
     # ------------------------------------------------------------------ derived
     @property
     def config(self) -> dict[str, Any]:
-        """The size knobs this family was built with."""
-        return dict(self._config)
+        """The size knobs this family was built with (a copy)."""
+        return copy.deepcopy(self._config)
 
     def config_json(self) -> str:
         """Size knobs as JSON (sent to clients as ``supernet-config``)."""
@@ -119,6 +120,10 @@ class SupernetFamily(ABC):
 
         Leading entries along every axis; centre crop along the spatial axes
         (2 and up) of tensors with 3 or more dimensions (convolution kernels).
+        Shapes cannot tell meaning: a fused tensor (one q/k/v projection, say)
+        or a rank-3 tensor that is not a kernel would be sliced with the right
+        shape but the wrong entries. Lay such weights out as separate tensors,
+        or override this method for them.
         """
         if len(sub_shape) != len(super_shape):
             raise ValueError(

@@ -1,0 +1,5 @@
+"""Baselines, run under the same protocol and results writer as PerFedRLNAS."""
+
+from .fedavg import FedAvgFixedArch
+
+__all__ = ["FedAvgFixedArch"]
