@@ -19,7 +19,7 @@ from flwr_pfedrlnas.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.legacy import PerFedRLNASLegacy
 from flwr_pfedrlnas.search import SearchConfig
 from flwr_pfedrlnas.strategy import PerFedRLNAS
-from flwr_pfedrlnas.supernets import get_supernet
+from flwr_pfedrlnas.supernets import available_supernets, get_supernet
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,22 @@ FAMILY_KNOBS = {
     "in_channels": 1,
     "num_classes": 10,
     "depth_choices": [1, 2],
+}
+# A CPU-sized instance of every built-in family (grayscale 32x32 input, 10 classes).
+CPU_FAMILIES = {
+    "mobilenetv3": FAMILY_KNOBS,
+    "nasvit": {
+        "width_mult": 0.25,
+        "num_conv_stages": 2,
+        "num_vit_stages": 1,
+        "resolution_choices": [24, 32],
+        "in_channels": 1,
+        "conv_depth_choices": [[1, 2], [1, 2]],
+        "vit_depth_choices": [[1, 2]],
+        "head_width_choices": [256, 320],
+    },
+    "darts": {"init_channels": 4, "num_cells": 3, "in_channels": 1},
+    "elastic-cnn": {"in_channels": 1},
 }
 BACKEND = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
 
@@ -85,8 +101,13 @@ def _check_run(strategy, initial, results_dir):
     return changed
 
 
-def test_message_api_simulation(tmp_path):
-    family = get_supernet("mobilenetv3", **FAMILY_KNOBS)
+def test_every_family_is_covered():
+    assert set(CPU_FAMILIES) == set(available_supernets())
+
+
+@pytest.mark.parametrize("name", sorted(CPU_FAMILIES))
+def test_message_api_simulation(tmp_path, name):
+    family = get_supernet(name, **CPU_FAMILIES[name])
     strategy = PerFedRLNAS(
         family,
         clients_per_round=3,
