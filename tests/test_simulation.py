@@ -101,8 +101,9 @@ def _check_run(strategy, initial, results_dir):
     return changed
 
 
-def test_every_family_is_covered():
-    assert set(CPU_FAMILIES) == set(available_supernets())
+def test_every_builtin_family_is_covered():
+    # Families registered by user code (the bring-your-own example) are tested elsewhere.
+    assert set(CPU_FAMILIES) == set(available_supernets()) - {"elastic-mlp"}
 
 
 @pytest.mark.parametrize("name", sorted(CPU_FAMILIES))
