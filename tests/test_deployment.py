@@ -7,6 +7,7 @@ every process those start) is stopped by pid in a ``finally`` block.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -143,6 +144,19 @@ def stop_processes(
     return sorted(pid for pid in pids if _alive(pid))
 
 
+def run_status(env: dict[str, str], *connection: str) -> list[dict]:
+    """The runs of a SuperLink as ``flwr ls --format json`` lists them."""
+    out = subprocess.run(
+        [str(BIN / "flwr"), "ls", *connection, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(out.stdout)["runs"]
+
+
 def flwr_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -260,6 +274,9 @@ def test_flwr_run_deployment(tmp_path):
         except subprocess.TimeoutExpired:
             pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{_logs(logs)}")
         assert run.returncode == 0, _logs(logs)
+        # `flwr run --stream` exits 0 even when the run fails: ask the SuperLink.
+        runs = run_status(env, "local-deployment")
+        assert [r["status"] for r in runs] == ["finished:completed"], (_logs(logs), runs)
 
         rounds_csv = results / "rounds.csv"
         assert rounds_csv.exists(), _logs(logs)

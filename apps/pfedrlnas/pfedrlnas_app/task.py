@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
+from flwr.common import log
 
 from flwr_pfedrlnas.datasets import dataset_info, load_client_data, make_loaders
 from flwr_pfedrlnas.search import SearchConfig
@@ -41,14 +43,31 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
 
 
 def output_dir(path: str, run_id: int | None = None) -> str | None:
-    """Absolute output directory; relative paths resolve against PWD, else home."""
+    """Absolute output directory of a ``results-dir`` / ``checkpoint-dir`` setting.
+
+    ``""`` means none. ``~`` is expanded. A relative path is resolved against
+    ``$FLWR_PFEDRLNAS_HOME`` if set, else the working directory of the
+    ServerApp process, which is the directory its SuperLink was started from
+    (for the managed local SuperLink of ``flwr run``: wherever the first
+    ``flwr run`` that started it was invoked), else the home directory. For a
+    predictable place pass an absolute path, e.g.
+    ``--run-config "results-dir='$PWD/runs/pfedrlnas'"``. The resolved path is
+    logged.
+    """
     if not path:
         return None
     p = Path(os.path.expanduser(path))
     if not p.is_absolute():
-        base = Path(os.environ.get("FLWR_PFEDRLNAS_HOME") or os.environ.get("PWD") or Path.home())
-        p = base / p
-    return str(p)
+        base = os.environ.get("FLWR_PFEDRLNAS_HOME")
+        if not base:
+            try:
+                base = os.getcwd()  # the real working directory; $PWD can be stale
+            except OSError:  # the directory was deleted
+                base = str(Path.home())
+        p = Path(os.path.expanduser(base)) / p
+    resolved = str(p.resolve())
+    log(INFO, "Output directory %r -> %s", path, resolved)
+    return resolved
 
 
 @lru_cache(maxsize=4)

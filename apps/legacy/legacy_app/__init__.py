@@ -1,0 +1,1 @@
+"""PerFedRLNAS legacy drop-in app: ServerApp(server_fn=...) and NumPyClient."""
