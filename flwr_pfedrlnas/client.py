@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from . import messages as m
 from .search_space import Architecture, architecture_from_json, architecture_to_json
 from .supernets import SupernetFamily, get_supernet
-from .training import evaluate, train
+from .training import evaluate, recalibrate_batchnorm, train
 
 __all__ = [
     "LoadData",
@@ -135,6 +135,20 @@ def train_subnet(
     return Message(content=content, reply_to=msg)
 
 
+def _test(
+    model: nn.Module,
+    config: ConfigRecord | dict[str, Any],
+    test_loader: DataLoader,
+    train_loader: DataLoader | None,
+    device: torch.device,
+) -> tuple[float, float, int]:
+    """Test, after re-estimating BatchNorm statistics when the config asks for it."""
+    batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
+    if batches != 0 and train_loader is not None:
+        recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, device)
+    return evaluate(model, test_loader, device=device)
+
+
 def evaluate_subnet(
     msg: Message,
     context: Context,
@@ -142,12 +156,18 @@ def evaluate_subnet(
     device: str | None = None,
     arrayrecord_key: str = "arrays",
     configrecord_key: str = "config",
+    train_loader: DataLoader | None = None,
 ) -> Message:
-    """Handle an evaluate message: test the given subnet on the own test split."""
+    """Handle an evaluate message: test the given subnet on the own test split.
+
+    When the config carries ``bn-recalibration-batches`` (non-zero; -1 = all)
+    and ``train_loader`` is given, BatchNorm statistics are first re-estimated
+    on that many local training batches (no weight changes).
+    """
     config = msg.content[configrecord_key]
     _, arch, model = build_subnet_from_config(config)
     model.load_state_dict(msg.content[arrayrecord_key].to_torch_state_dict(), strict=True)
-    loss, accuracy, n = evaluate(model, test_loader, device=_device(device))
+    loss, accuracy, n = _test(model, config, test_loader, train_loader, _device(device))
     content = RecordDict(
         {
             "metrics": MetricRecord(
@@ -191,8 +211,8 @@ def make_client_app(load_data: LoadData, device: str | None = None) -> ClientApp
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        _, test_loader = load_data(context, _batch_size(msg))
-        return evaluate_subnet(msg, context, test_loader, device)
+        train_loader, test_loader = load_data(context, _batch_size(msg))
+        return evaluate_subnet(msg, context, test_loader, device, train_loader=train_loader)
 
     @app.query()
     def _query(msg: Message, context: Context) -> Message:
@@ -254,5 +274,5 @@ class SubnetClient(NumPyClient):
     def evaluate(self, parameters, config):
         _, _, model = build_subnet_from_config(config)
         self._load(model, parameters)
-        loss, accuracy, n = evaluate(model, self.test_loader, device=self.device)
+        loss, accuracy, n = _test(model, config, self.test_loader, self.train_loader, self.device)
         return float(loss), int(n), {m.ACCURACY: float(accuracy), m.CLIENT_ID: self.client_id}

@@ -54,6 +54,7 @@ class PerFedRLNASLegacy(Strategy):
         min_available_clients: int = 2,
         fraction_evaluate: float = 1.0,
         evaluate_every: int = 1,
+        bn_recalibration_batches: int = -1,
         search_config: SearchConfig | None = None,
         local_epochs: int = 1,
         lr: float = 0.05,
@@ -75,6 +76,7 @@ class PerFedRLNASLegacy(Strategy):
             lr=lr,
             batch_size=batch_size,
             evaluate_every=evaluate_every,
+            bn_recalibration_batches=bn_recalibration_batches,
             results_dir=results_dir,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
@@ -246,7 +248,8 @@ class PerFedRLNASLegacy(Strategy):
         for cid in clients:
             arch, state = self.session.deploy(cid)
             ins = EvaluateIns(
-                ndarrays_to_parameters(list(state.values())), self._config(arch, server_round, {})
+                ndarrays_to_parameters(list(state.values())),
+                self._config(arch, server_round, self.session.evaluate_config()),
             )
             instructions.append((by_client[cid], ins))
         return instructions

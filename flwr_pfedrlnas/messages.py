@@ -17,6 +17,7 @@ __all__ = [
     "ACCURACY",
     "ARCH",
     "BATCH_SIZE",
+    "BN_RECALIBRATION_BATCHES",
     "CLIENT_ID",
     "COMPUTE_SECONDS",
     "LOCAL_EPOCHS",
@@ -42,6 +43,7 @@ SERVER_ROUND = "server-round"
 LOCAL_EPOCHS = "local-epochs"
 LR = "lr"
 BATCH_SIZE = "batch-size"
+BN_RECALIBRATION_BATCHES = "bn-recalibration-batches"
 # MetricRecord keys, client -> server.
 NUM_EXAMPLES = "num-examples"
 ACCURACY = "accuracy"

@@ -42,6 +42,7 @@ class SearchSession:
         lr: float = 0.05,
         batch_size: int = 32,
         evaluate_every: int = 1,
+        bn_recalibration_batches: int = -1,
         results_dir: str | None = None,
         checkpoint_dir: str | None = None,
         resume: bool = False,
@@ -65,6 +66,7 @@ class SearchSession:
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.evaluate_every = int(evaluate_every)
+        self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.results_dir = results_dir
         self.checkpoint_dir = checkpoint_dir
         self.run_config = dict(run_config or {})
@@ -132,6 +134,15 @@ class SearchSession:
             m.LOCAL_EPOCHS: self.local_epochs,
             m.LR: self.lr,
             m.BATCH_SIZE: self.batch_size,
+        }
+        config.update(dict(extra or {}))
+        return config
+
+    def evaluate_config(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluation settings sent to every client (user config overrides)."""
+        config: dict[str, Any] = {
+            m.BATCH_SIZE: self.batch_size,
+            m.BN_RECALIBRATION_BATCHES: self.bn_recalibration_batches,
         }
         config.update(dict(extra or {}))
         return config
@@ -306,6 +317,7 @@ class SearchSession:
             "local-epochs": self.local_epochs,
             "lr": self.lr,
             "batch-size": self.batch_size,
+            "bn-recalibration-batches": self.bn_recalibration_batches,
             "search": {
                 "policy-lr": cfg.policy_lr,
                 "policy-optimizer": cfg.policy_optimizer,

@@ -53,6 +53,11 @@ class PerFedRLNAS(Strategy):
         evaluates every client (the personalised-accuracy protocol).
     evaluate_every : int (default: 1)
         Evaluate every this many rounds (and always at the last round).
+    bn_recalibration_batches : int (default: -1)
+        Before testing its deployed subnet, a client re-estimates BatchNorm
+        statistics on this many local training batches (-1: all, 0: off).
+        Shared running statistics are averages over different subnets; as in
+        once-for-all, a subnet's own statistics are recomputed, weights untouched.
     search_config : SearchConfig | None (default: None)
         Policy, reward and merge settings; ``SearchConfig()`` when ``None``.
     local_epochs : int (default: 1)
@@ -86,6 +91,7 @@ class PerFedRLNAS(Strategy):
         min_available_nodes: int = 2,
         fraction_evaluate: float = 1.0,
         evaluate_every: int = 1,
+        bn_recalibration_batches: int = -1,
         search_config: SearchConfig | None = None,
         local_epochs: int = 1,
         lr: float = 0.05,
@@ -109,6 +115,7 @@ class PerFedRLNAS(Strategy):
             lr=lr,
             batch_size=batch_size,
             evaluate_every=evaluate_every,
+            bn_recalibration_batches=bn_recalibration_batches,
             results_dir=results_dir,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
@@ -306,7 +313,7 @@ class PerFedRLNAS(Strategy):
                 {
                     self.arrayrecord_key: m.arrays_to_record(state),
                     self.configrecord_key: m.subnet_config(
-                        self.family, arch, round_no, dict(config)
+                        self.family, arch, round_no, self.session.evaluate_config(config)
                     ),
                 }
             )

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["TrainResult", "evaluate", "train", "training_peak_memory"]
+__all__ = [
+    "TrainResult",
+    "evaluate",
+    "recalibrate_batchnorm",
+    "train",
+    "training_peak_memory",
+]
 
 
 @dataclass
@@ -146,3 +152,42 @@ def evaluate(
     if n == 0:
         return float("nan"), 0.0, 0
     return total_loss / n, correct / n, n
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    max_batches: int | None = None,
+    device: str | torch.device = "cpu",
+) -> int:
+    """Recompute BatchNorm running statistics of ``model`` on ``loader``.
+
+    A subnet cut from a weight-sharing supernet inherits running statistics
+    averaged over clients whose subnets computed different features in the
+    same channels; its weights are right but its statistics are not. As in
+    once-for-all, the statistics are reset and re-estimated by forward passes
+    over local training data (cumulative average, no gradient, weights
+    untouched). Returns the number of examples seen.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches below
+    model.to(device)
+    model.train()
+    seen = 0
+    try:
+        for i, (images, _) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            model(images.to(device))
+            seen += int(images.shape[0])
+    finally:
+        for m in norms:
+            m.momentum = momenta[m]
+        model.eval()
+    return seen

@@ -197,3 +197,20 @@ def test_elastic_cnn_family_round_trips():
         model = family.build_subnet(arch)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sub.items()}, strict=True)
         assert model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_batchnorm_recalibration_estimates_local_statistics():
+    from flwr_pfedrlnas.training import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3)
+    bn.running_mean.fill_(100.0)
+    weight_before = bn.weight.detach().clone()
+    data = torch.randn(64, 3) * 2.0 + torch.tensor([1.0, -2.0, 0.5])
+    loader = [(data[i : i + 16], torch.zeros(16)) for i in range(0, 64, 16)]
+    seen = recalibrate_batchnorm(nn.Sequential(bn), loader)
+    assert seen == 64
+    # Cumulative average of the per-batch means = the mean of all 64 rows.
+    torch.testing.assert_close(bn.running_mean, data.mean(0), rtol=1e-5, atol=1e-5)
+    assert torch.equal(bn.weight, weight_before) and not bn.training
+    assert bn.momentum == 0.1

@@ -160,3 +160,11 @@ def test_initial_arrays_replace_the_supernet_and_are_checked(local_grid, tmp_pat
     bad = _strategy(tmp_path / "other")
     with pytest.raises(ValueError, match="supernet state does not fit"):
         bad.configure_train(1, arrays_to_record({"x": np.zeros(2)}), ConfigRecord(), grid)
+
+
+def test_evaluation_asks_for_bn_recalibration(local_grid, tmp_path):
+    strategy = _strategy(tmp_path, bn_recalibration_batches=2)
+    grid = local_grid(NODES, HANDLERS)
+    msgs = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid))
+    assert {m.content["config"]["bn-recalibration-batches"] for m in msgs} == {2}
+    assert {m.content["config"]["batch-size"] for m in msgs} == {32}

@@ -23,6 +23,7 @@ def server_fn(context: Context) -> ServerAppComponents:
         clients_per_round=int(cfg["clients-per-round"]),
         min_available_clients=int(cfg["num-clients"]),
         evaluate_every=int(cfg["evaluate-every"]),
+        bn_recalibration_batches=int(cfg["bn-recalibration-batches"]),
         search_config=search_config_from_run_config(cfg),
         local_epochs=int(cfg["local-epochs"]),
         lr=float(cfg["lr"]),

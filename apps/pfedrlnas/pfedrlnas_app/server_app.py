@@ -25,6 +25,7 @@ def main(grid: Grid, context: Context) -> None:
         clients_per_round=int(cfg["clients-per-round"]),
         min_available_nodes=int(cfg["num-clients"]),
         evaluate_every=int(cfg["evaluate-every"]),
+        bn_recalibration_batches=int(cfg["bn-recalibration-batches"]),
         search_config=search_config_from_run_config(cfg),
         local_epochs=int(cfg["local-epochs"]),
         lr=float(cfg["lr"]),
