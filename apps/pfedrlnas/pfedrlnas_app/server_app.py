@@ -5,6 +5,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from flwr_pfedrlnas.baselines import FedAvgFixedArch
 from flwr_pfedrlnas.strategy import PerFedRLNAS
 
 from .task import family_from_run_config, output_dir, search_config_from_run_config
@@ -20,6 +21,24 @@ def main(grid: Grid, context: Context) -> None:
     checkpoint_dir = output_dir(str(cfg["checkpoint-dir"])) or (
         results_dir and f"{results_dir}/checkpoint"
     )
+    method = str(cfg["method"])
+    if method == "fedavg-largest":
+        # The reference point: Flower's FedAvg on the family's largest subnet, same clients.
+        FedAvgFixedArch(
+            family,
+            clients_per_round=int(cfg["clients-per-round"]),
+            min_available_nodes=int(cfg["num-clients"]),
+            local_epochs=int(cfg["local-epochs"]),
+            lr=float(cfg["lr"]),
+            batch_size=int(cfg["batch-size"]),
+            bandwidth_bps=float(cfg["bandwidth-mbps"]) * 1e6,
+            seed=int(cfg["seed"]),
+            results_dir=results_dir,
+            run_config=dict(cfg),
+        ).start(grid, num_rounds=int(cfg["num-server-rounds"]))
+        return
+    if method != "pfedrlnas":
+        raise ValueError(f"method is {method!r}; choose 'pfedrlnas' or 'fedavg-largest'")
     strategy = PerFedRLNAS(
         family,
         clients_per_round=int(cfg["clients-per-round"]),
