@@ -7,8 +7,7 @@ from flwr.client import Client
 from flwr.clientapp import ClientApp
 
 from flwr_pfedrlnas.client import SubnetClient, client_id_from_context
-
-from .task import load_data
+from flwr_pfedrlnas.runconfig import load_data
 
 
 def client_fn(context: Context) -> Client:

@@ -6,9 +6,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_pfedrlnas.baselines import FedAvgFixedArch
+from flwr_pfedrlnas.runconfig import family_from_run_config, output_dir, strategy_kwargs
 from flwr_pfedrlnas.strategy import PerFedRLNAS
-
-from .task import family_from_run_config, output_dir, search_config_from_run_config
 
 app = ServerApp()
 
@@ -17,10 +16,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     family = family_from_run_config(cfg)
-    results_dir = output_dir(str(cfg["results-dir"]))
-    checkpoint_dir = output_dir(str(cfg["checkpoint-dir"])) or (
-        results_dir and f"{results_dir}/checkpoint"
-    )
+    num_rounds = int(cfg["num-server-rounds"])
     method = str(cfg["method"])
     if method == "fedavg-largest":
         # The reference point: Flower's FedAvg on the family's largest subnet, same clients.
@@ -33,25 +29,13 @@ def main(grid: Grid, context: Context) -> None:
             batch_size=int(cfg["batch-size"]),
             bandwidth_bps=float(cfg["bandwidth-mbps"]) * 1e6,
             seed=int(cfg["seed"]),
-            results_dir=results_dir,
+            results_dir=output_dir(str(cfg["results-dir"])),
             run_config=dict(cfg),
-        ).start(grid, num_rounds=int(cfg["num-server-rounds"]))
+        ).start(grid, num_rounds=num_rounds)
         return
     if method != "pfedrlnas":
         raise ValueError(f"method is {method!r}; choose 'pfedrlnas' or 'fedavg-largest'")
     strategy = PerFedRLNAS(
-        family,
-        clients_per_round=int(cfg["clients-per-round"]),
-        min_available_nodes=int(cfg["num-clients"]),
-        evaluate_every=int(cfg["evaluate-every"]),
-        bn_recalibration_batches=int(cfg["bn-recalibration-batches"]),
-        search_config=search_config_from_run_config(cfg),
-        local_epochs=int(cfg["local-epochs"]),
-        lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch-size"]),
-        results_dir=results_dir,
-        checkpoint_dir=checkpoint_dir,
-        resume=bool(cfg["resume"]),
-        run_config=dict(cfg),
+        family, min_available_nodes=int(cfg["num-clients"]), **strategy_kwargs(cfg)
     )
-    strategy.start(grid, num_rounds=int(cfg["num-server-rounds"]))
+    strategy.start(grid, num_rounds=num_rounds)

@@ -1,6 +1,4 @@
-"""Settings shared by the legacy server and client apps: run config -> objects.
-
-A copy of the pfedrlnas app's helpers (apps do not import each other)."""
+"""Run config of the Flower apps -> family, search settings, output paths, client data."""
 
 from __future__ import annotations
 
@@ -14,9 +12,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.common import log
 
-from flwr_pfedrlnas.datasets import dataset_info, load_client_data, make_loaders
-from flwr_pfedrlnas.search import SearchConfig
-from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
+from .datasets import dataset_info, load_client_data, make_loaders
+from .search import SearchConfig
+from .supernets import SupernetFamily, get_supernet
 
 
 def family_from_run_config(cfg: dict[str, Any]) -> SupernetFamily:
@@ -44,7 +42,7 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
     )
 
 
-def output_dir(path: str, run_id: int | None = None) -> str | None:
+def output_dir(path: str) -> str | None:
     """Absolute output directory of a ``results-dir`` / ``checkpoint-dir`` setting.
 
     ``""`` means none. ``~`` is expanded. A relative path is resolved against
@@ -111,3 +109,24 @@ def load_data(context: Context, batch_size: int):
         float(cfg["test-fraction"]),
     )
     return make_loaders(data, batch_size=batch_size, seed=int(cfg["seed"]) + partition_id)
+
+
+def strategy_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments shared by ``PerFedRLNAS`` and ``PerFedRLNASLegacy``."""
+    results_dir = output_dir(str(cfg["results-dir"]))
+    checkpoint_dir = output_dir(str(cfg["checkpoint-dir"])) or (
+        results_dir and f"{results_dir}/checkpoint"
+    )
+    return {
+        "clients_per_round": int(cfg["clients-per-round"]),
+        "evaluate_every": int(cfg["evaluate-every"]),
+        "bn_recalibration_batches": int(cfg["bn-recalibration-batches"]),
+        "search_config": search_config_from_run_config(cfg),
+        "local_epochs": int(cfg["local-epochs"]),
+        "lr": float(cfg["lr"]),
+        "batch_size": int(cfg["batch-size"]),
+        "results_dir": results_dir,
+        "checkpoint_dir": checkpoint_dir,
+        "resume": bool(cfg["resume"]),
+        "run_config": dict(cfg),
+    }
