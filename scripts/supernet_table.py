@@ -26,7 +26,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from flwr_pfedrlnas.aggregation import extract_subnet, state_num_bytes
 from flwr_pfedrlnas.search_space import Architecture
-from flwr_pfedrlnas.supernets import SupernetFamily, available_supernets, get_supernet
+from flwr_pfedrlnas.supernets import (
+    CPU_PRESETS,
+    SupernetFamily,
+    available_supernets,
+    cpu_preset,
+    get_supernet,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 APP_PYPROJECT = REPO / "apps" / "pfedrlnas" / "pyproject.toml"
@@ -39,22 +45,6 @@ APP_MOBILENETV3_CONFIG: dict[str, Any] = {
     "input_resolution": 32,
     "depth_choices": [1, 2],
     "expand_choices": [3, 4, 6],
-}
-
-# CPU-sized knobs of tests/test_supernet_contract.py (CPU_KNOBS), copied here.
-CPU_KNOBS: dict[str, dict[str, Any]] = {
-    "nasvit": {
-        "width_mult": 0.25,
-        "num_conv_stages": 2,
-        "num_vit_stages": 1,
-        "resolution_choices": [24, 32],
-        "in_channels": 1,
-        "conv_depth_choices": [[1, 2], [1, 2]],
-        "vit_depth_choices": [[1, 2]],
-        "head_width_choices": [256, 320],
-    },
-    "darts": {"init_channels": 4, "num_cells": 3, "in_channels": 1},
-    "elastic-cnn": {"in_channels": 1},
 }
 
 # Paper-sized knobs: the family defaults with 3 input channels.
@@ -96,8 +86,9 @@ def app_mobilenetv3_config() -> dict[str, Any]:
 
 def instances() -> list[Instance]:
     """Every family x size, in table order."""
-    mnv3_cpu = {**app_mobilenetv3_config(), "in_channels": 1, "num_classes": 10}
-    cpu = {"mobilenetv3": mnv3_cpu, **CPU_KNOBS}
+    cpu = {name: cpu_preset(name) for name in CPU_PRESETS}
+    # mobilenetv3's CPU row is the app's run, not the preset.
+    cpu["mobilenetv3"] = {**app_mobilenetv3_config(), "in_channels": 1, "num_classes": 10}
     out = []
     for name in FAMILIES:
         out.append(Instance(name, "CPU", cpu[name], CPU_INPUT))
@@ -262,9 +253,10 @@ def markdown(rows: list[Instance], command: str, runtime_s: float) -> str:
         "",
         "- **Instances.** CPU: 1 input channel, 32x32 images (the embedded Fashion-MNIST "
         "data), 10 classes; `mobilenetv3` uses the default `supernet-config` of "
-        "`apps/pfedrlnas/pyproject.toml`, the others the CPU knobs of "
-        "`tests/test_supernet_contract.py`. Paper: the family defaults with 3 input channels "
-        "and 10 classes — `mobilenetv3` at 224x224 (OFA's MobileNetV3-Large space, 5 stages), "
+        "`apps/pfedrlnas/pyproject.toml`, the others their "
+        "CPU presets (`flwr_pfedrlnas.supernets.CPU_PRESETS`). Paper: the family defaults "
+        "with 3 input channels and 10 classes — `mobilenetv3` at 224x224 (OFA's "
+        "MobileNetV3-Large space, 5 stages), "
         "`nasvit` with its full table (resolutions 192-288), `darts` on 32x32 CIFAR with "
         "`init_channels` 16 and 8 cells. `elastic-cnn` has no paper size (—). The knobs of "
         "every instance are in the CSV.",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flwr_pfedrlnas.aggregation import check_subnet_state, extract_subnet, merge_subnets
-from flwr_pfedrlnas.supernets import available_supernets, get_supernet
+from flwr_pfedrlnas.supernets import CPU_PRESETS, available_supernets, cpu_preset, get_supernet
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "elastic_mlp.py"
 
@@ -28,21 +28,10 @@ def _load_example():
 
 _load_example()  # the bring-your-own example registers "elastic-mlp"
 
-# CPU-sized knobs per family: grayscale 32x32 input, 10 classes.
+# CPU-sized knobs per family (grayscale 32x32 input, 10 classes): the built-in
+# families' presets, and the bring-your-own example's.
 CPU_KNOBS = {
-    "mobilenetv3": {"width_mult": 0.35, "num_stages": 3, "input_resolution": 32, "in_channels": 1},
-    "nasvit": {
-        "width_mult": 0.25,
-        "num_conv_stages": 2,
-        "num_vit_stages": 1,
-        "resolution_choices": [24, 32],
-        "in_channels": 1,
-        "conv_depth_choices": [[1, 2], [1, 2]],
-        "vit_depth_choices": [[1, 2]],
-        "head_width_choices": [256, 320],
-    },
-    "darts": {"init_channels": 4, "num_cells": 3, "in_channels": 1},
-    "elastic-cnn": {"in_channels": 1},
+    **{name: cpu_preset(name) for name in CPU_PRESETS},
     "elastic-mlp": {"in_features": 32 * 32},
 }
 

@@ -6,10 +6,13 @@ import importlib
 from typing import Any
 
 from .base import SupernetFamily, numpy_to_state, state_to_numpy
+from .presets import CPU_PRESETS, cpu_preset
 
 __all__ = [
+    "CPU_PRESETS",
     "SupernetFamily",
     "available_supernets",
+    "cpu_preset",
     "get_supernet",
     "numpy_to_state",
     "register_supernet",

@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torchvision.ops import SqueezeExcitation
 
 from ..search_space import Architecture, Dimension, SearchSpace
 from . import register_supernet
+from ._layers import ConvBNAct, InvertedResidual, PooledHeadNet, init_weights, make_divisible
 from .base import SupernetFamily
 
 __all__ = ["MOBILENETV3_STAGES", "MobileNetV3Family", "StageSpec"]
@@ -52,58 +52,7 @@ MOBILENETV3_STAGES: tuple[StageSpec, ...] = (
 _STEM_CHANNELS = 16  # stem conv 3x3 (hardswish) and the fixed first block
 _FINAL_EXPAND_RATIO = 6  # final 1x1 conv: 6 x last stage width (960 for 160)
 _HEAD_CHANNELS = 1280  # hidden width of the classifier head
-_DIVISOR = 8
 _LOW_RES_THRESHOLD = 64  # at or below this input size, the stem has stride 1
-_SE_REDUCTION = 4
-
-
-def _make_divisible(value: float, divisor: int = _DIVISOR) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``).
-
-    Never rounds down by more than 10 % (the MobileNet rule).
-    """
-    new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if new_value < 0.9 * value:
-        new_value += divisor
-    return new_value
-
-
-def _activation(name: str) -> nn.Module:
-    """The activation module called ``name``."""
-    if name == "relu":
-        return nn.ReLU()
-    if name == "hardswish":
-        return nn.Hardswish()
-    raise ValueError(f"unknown activation {name!r}")
-
-
-class _ConvBNAct(nn.Module):
-    """Convolution (no bias), BatchNorm and an optional activation."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 1,
-        stride: int = 1,
-        groups: int = 1,
-        activation: str | None = None,
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=kernel_size // 2,
-            groups=groups,
-            bias=False,
-        )
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = _activation(activation) if activation else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 class _FirstBlock(nn.Module):
@@ -111,63 +60,22 @@ class _FirstBlock(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.dw = _ConvBNAct(channels, channels, 3, groups=channels, activation="relu")
-        self.project = _ConvBNAct(channels, channels, 1)
+        self.dw = ConvBNAct(channels, channels, 3, groups=channels, activation="relu")
+        self.project = ConvBNAct(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.project(self.dw(x))
 
 
-class _InvertedResidual(nn.Module):
-    """Expand 1x1, depthwise kxk, optional squeeze-excitation, project 1x1."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        hidden_channels: int,
-        kernel_size: int,
-        stride: int,
-        activation: str,
-        use_se: bool,
-        residual: bool,
-    ) -> None:
-        super().__init__()
-        self.expand = _ConvBNAct(in_channels, hidden_channels, 1, activation=activation)
-        self.dw = _ConvBNAct(
-            hidden_channels,
-            hidden_channels,
-            kernel_size,
-            stride=stride,
-            groups=hidden_channels,
-            activation=activation,
-        )
-        self.se = (
-            SqueezeExcitation(
-                hidden_channels,
-                _make_divisible(hidden_channels / _SE_REDUCTION),
-                scale_activation=nn.Hardsigmoid,
-            )
-            if use_se
-            else nn.Identity()
-        )
-        self.project = _ConvBNAct(hidden_channels, out_channels, 1)
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.se(self.dw(self.expand(x))))
-        return x + out if self.residual else out
-
-
-class _MobileNetV3(nn.Module):
+class _MobileNetV3(PooledHeadNet):
     """A MobileNetV3 of one architecture (the supernet is the largest one)."""
 
     def __init__(
         self,
-        stem: _ConvBNAct,
+        stem: ConvBNAct,
         first_block: _FirstBlock,
         stages: nn.ModuleList,
-        final_expand: _ConvBNAct,
+        final_expand: ConvBNAct,
         head_channels: int,
         num_classes: int,
         dropout: float,
@@ -176,35 +84,13 @@ class _MobileNetV3(nn.Module):
         self.stem = stem
         self.first_block = first_block
         self.stages = stages
-        self.final_expand = final_expand
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.feature_mix = nn.Linear(final_expand.conv.out_channels, head_channels)
-        self.head_act = nn.Hardswish()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(head_channels, num_classes)
+        self.add_head(final_expand, head_channels, num_classes, dropout, "hardswish")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.first_block(self.stem(x))
         for stage in self.stages:
             x = stage(x)
-        x = self.pool(self.final_expand(x)).flatten(1)
-        x = self.dropout(self.head_act(self.feature_mix(x)))
-        return self.classifier(x)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming (fan-out) convolutions, unit BatchNorm, small-normal linears."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
+        return self.forward_head(x)
 
 
 def _sorted_choices(name: str, values: Sequence[Any], kind: type, minimum: float) -> list[Any]:
@@ -359,7 +245,7 @@ class MobileNetV3Family(SupernetFamily):
         """Maximum output channels of every stage (width choice 1.0)."""
         w = self._config["width_mult"]
         stages = MOBILENETV3_STAGES[: self._config["num_stages"]]
-        return [_make_divisible(s.out_channels * w) for s in stages]
+        return [make_divisible(s.out_channels * w) for s in stages]
 
     def build_supernet(self) -> nn.Module:
         """The network of the largest architecture (holds every shared weight)."""
@@ -373,8 +259,8 @@ class MobileNetV3Family(SupernetFamily):
         """Build the network of a validated ``arch`` (one code path for both)."""
         cfg = self._config
         w = cfg["width_mult"]
-        stem_ch = _make_divisible(_STEM_CHANNELS * w)
-        stem = _ConvBNAct(cfg["in_channels"], stem_ch, 3, self.stem_stride, activation="hardswish")
+        stem_ch = make_divisible(_STEM_CHANNELS * w)
+        stem = ConvBNAct(cfg["in_channels"], stem_ch, 3, self.stem_stride, activation="hardswish")
         first_block = _FirstBlock(stem_ch)
         stages = nn.ModuleList()
         in_ch = stem_ch
@@ -385,15 +271,15 @@ class MobileNetV3Family(SupernetFamily):
             kernel = int(arch[f"stage{i}.kernel"])
             expand = arch[f"stage{i}.expand"]
             depth = int(arch[f"stage{i}.depth"])
-            out_ch = min(max_out, _make_divisible(max_out * arch[f"stage{i}.width"]))
+            out_ch = min(max_out, make_divisible(max_out * arch[f"stage{i}.width"]))
             blocks = []
             for b in range(depth):
                 # Blocks after the first keep stride 1 and the stage width: residual.
                 blocks.append(
-                    _InvertedResidual(
+                    InvertedResidual(
                         in_ch,
                         out_ch,
-                        _make_divisible(in_ch * expand),
+                        make_divisible(in_ch * expand),
                         kernel,
                         spec.stride if b == 0 else 1,
                         spec.activation,
@@ -403,16 +289,17 @@ class MobileNetV3Family(SupernetFamily):
                 )
                 in_ch = out_ch
             stages.append(nn.Sequential(*blocks))
-        final_ch = _make_divisible(_FINAL_EXPAND_RATIO * max_outs[-1])
-        final_expand = _ConvBNAct(in_ch, final_ch, 1, activation="hardswish")
+        final_ch = make_divisible(_FINAL_EXPAND_RATIO * max_outs[-1])
+        final_expand = ConvBNAct(in_ch, final_ch, 1, activation="hardswish")
         net = _MobileNetV3(
             stem,
             first_block,
             stages,
             final_expand,
-            _make_divisible(_HEAD_CHANNELS * w),
+            make_divisible(_HEAD_CHANNELS * w),
             cfg["num_classes"],
             cfg["dropout"],
         )
-        _init_weights(net)
+        # Small-normal linears (the classifier head).
+        init_weights(net, lambda weight: nn.init.normal_(weight, 0.0, 0.01))
         return net

@@ -9,10 +9,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import SqueezeExcitation
 
 from ..search_space import Architecture, Dimension, SearchSpace
 from . import register_supernet
+from ._layers import (
+    DIVISOR,
+    ConvBNAct,
+    InvertedResidual,
+    PooledHeadNet,
+    init_weights,
+    make_divisible,
+)
 from .base import SupernetFamily
 
 __all__ = [
@@ -96,25 +103,11 @@ _RESOLUTIONS = (192, 224, 256, 288)
 _STEM_WIDTHS = (16, 24)
 _HEAD_WIDTHS = (1792, 1984)  # NASViT's "MBPool" (feature mix) widths
 _HEAD_DIM = 8
-_DIVISOR = 8
 _DOWNSAMPLE_EXPAND = 6
 _FINAL_EXPAND_RATIO = 6  # final 1x1 conv: 6 x last stage width
 _LOW_RES_THRESHOLD = 64  # at or below this (largest) resolution the stem has stride 1
-_SE_REDUCTION = 4
 _POS_KERNEL = 3  # depthwise positional-encoding conv
 _DOWNSAMPLE_KERNEL = 3
-
-
-def _make_divisible(value: float, divisor: int = _DIVISOR) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``).
-
-    Never rounds down by more than 10 % (the MobileNet rule); non-decreasing in
-    ``value``, so a larger choice never gives fewer channels.
-    """
-    new_value = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if new_value < 0.9 * value:
-        new_value += divisor
-    return new_value
 
 
 def _is_int(value: Any) -> bool:
@@ -167,79 +160,7 @@ def _stage_choices(
 
 def _scaled(values: Sequence[float], mult: float, divisor: int) -> tuple[int, ...]:
     """Channel choices scaled by ``mult`` and rounded; duplicates after rounding dropped."""
-    return tuple(sorted({_make_divisible(v * mult, divisor) for v in values}))
-
-
-class _ConvBNAct(nn.Module):
-    """Convolution (no bias), BatchNorm and an optional SiLU (swish)."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int = 1,
-        stride: int = 1,
-        groups: int = 1,
-        act: bool = True,
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            stride=stride,
-            padding=kernel_size // 2,
-            groups=groups,
-            bias=False,
-        )
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.SiLU() if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-
-class _MBConv(nn.Module):
-    """Inverted residual: optional expand 1x1, depthwise kxk, optional SE, project 1x1."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        hidden_channels: int,
-        kernel_size: int,
-        stride: int,
-        use_se: bool,
-        has_expand: bool,
-        residual: bool,
-        divisor: int,
-    ) -> None:
-        super().__init__()
-        if not has_expand:
-            hidden_channels = in_channels
-        self.expand = _ConvBNAct(in_channels, hidden_channels, 1) if has_expand else nn.Identity()
-        self.dw = _ConvBNAct(
-            hidden_channels,
-            hidden_channels,
-            kernel_size,
-            stride=stride,
-            groups=hidden_channels,
-        )
-        self.se = (
-            SqueezeExcitation(
-                hidden_channels,
-                _make_divisible(hidden_channels / _SE_REDUCTION, divisor),
-                scale_activation=nn.Hardsigmoid,
-            )
-            if use_se
-            else nn.Identity()
-        )
-        self.project = _ConvBNAct(hidden_channels, out_channels, 1, act=False)
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.se(self.dw(self.expand(x))))
-        return x + out if self.residual else out
+    return tuple(sorted({make_divisible(v * mult, divisor) for v in values}))
 
 
 class _Attention(nn.Module):
@@ -320,7 +241,7 @@ class _TransformerBlock(nn.Module):
 class _ViTStage(nn.Module):
     """A downsampling MBConv followed by transformer blocks."""
 
-    def __init__(self, downsample: _MBConv, blocks: nn.Sequential) -> None:
+    def __init__(self, downsample: InvertedResidual, blocks: nn.Sequential) -> None:
         super().__init__()
         self.downsample = downsample
         self.blocks = blocks
@@ -329,7 +250,7 @@ class _ViTStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class _NASViT(nn.Module):
+class _NASViT(PooledHeadNet):
     """A NASViT network of one architecture (the supernet is the largest one).
 
     The forward pass first resizes the input to ``resolution`` (bilinear), as
@@ -339,10 +260,10 @@ class _NASViT(nn.Module):
     def __init__(
         self,
         resolution: int,
-        stem: _ConvBNAct,
+        stem: ConvBNAct,
         conv_stages: nn.ModuleList,
         vit_stages: nn.ModuleList,
-        final_expand: _ConvBNAct,
+        final_expand: ConvBNAct,
         head_channels: int,
         num_classes: int,
         dropout: float,
@@ -352,12 +273,7 @@ class _NASViT(nn.Module):
         self.stem = stem
         self.conv_stages = conv_stages
         self.vit_stages = vit_stages
-        self.final_expand = final_expand
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.feature_mix = nn.Linear(final_expand.conv.out_channels, head_channels)
-        self.head_act = nn.SiLU()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(head_channels, num_classes)
+        self.add_head(final_expand, head_channels, num_classes, dropout, "silu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = (self.resolution, self.resolution)
@@ -368,9 +284,7 @@ class _NASViT(nn.Module):
             x = stage(x)
         for stage in self.vit_stages:
             x = stage(x)
-        x = self.pool(self.final_expand(x)).flatten(1)
-        x = self.dropout(self.head_act(self.feature_mix(x)))
-        return self.classifier(x)
+        return self.forward_head(x)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -378,18 +292,7 @@ def _init_weights(module: nn.Module) -> None:
 
     The talking-heads mixers start as the identity (plain multi-head attention).
     """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    init_weights(module, lambda weight: nn.init.trunc_normal_(weight, std=0.02))
     for m in module.modules():
         if isinstance(m, _Attention):
             nn.init.eye_(m.mix_logits.weight)
@@ -474,7 +377,7 @@ class NASViTFamily(SupernetFamily):
         num_classes: int = 10,
         in_channels: int = 3,
         head_dim: int = _HEAD_DIM,
-        channel_divisor: int = _DIVISOR,
+        channel_divisor: int = DIVISOR,
         stem_width_choices: Sequence[int] = _STEM_WIDTHS,
         conv_width_choices: Sequence[Sequence[int]] | None = None,
         conv_depth_choices: Sequence[Sequence[int]] | None = None,
@@ -628,7 +531,7 @@ class NASViTFamily(SupernetFamily):
         cfg = self._config
         div = cfg["channel_divisor"]
         stem_ch = int(arch["stem.width"])
-        stem = _ConvBNAct(cfg["in_channels"], stem_ch, 3, stride=self.stem_stride)
+        stem = ConvBNAct(cfg["in_channels"], stem_ch, 3, stride=self.stem_stride, activation="silu")
         in_ch = stem_ch
 
         conv_stages = nn.ModuleList()
@@ -644,15 +547,16 @@ class NASViTFamily(SupernetFamily):
             for b in range(int(arch[f"conv{i + 1}.depth"])):
                 # Blocks after the first keep stride 1 and the stage width: residual.
                 blocks.append(
-                    _MBConv(
+                    InvertedResidual(
                         in_ch,
                         width,
-                        _make_divisible(in_ch * expand, div),
+                        make_divisible(in_ch * expand, div),
                         kernel,
                         spec.stride if b == 0 else 1,
+                        "silu",
                         spec.use_se,
-                        has_expand,
                         residual=b > 0,
+                        has_expand=has_expand,
                         divisor=div,
                     )
                 )
@@ -663,15 +567,15 @@ class NASViTFamily(SupernetFamily):
         for j in range(cfg["num_vit_stages"]):
             spec = NASVIT_VIT_STAGES[j]
             width = int(arch[f"vit{j + 1}.width"])
-            hidden = _make_divisible(width * arch[f"vit{j + 1}.expand"], div)
-            downsample = _MBConv(
+            hidden = make_divisible(width * arch[f"vit{j + 1}.expand"], div)
+            downsample = InvertedResidual(
                 in_ch,
                 width,
-                _make_divisible(in_ch * cfg["downsample_expand"], div),
+                make_divisible(in_ch * cfg["downsample_expand"], div),
                 _DOWNSAMPLE_KERNEL,
                 spec.stride,
+                "silu",
                 spec.use_se,
-                has_expand=True,
                 residual=False,
                 divisor=div,
             )
@@ -684,7 +588,7 @@ class NASViTFamily(SupernetFamily):
             vit_stages.append(_ViTStage(downsample, blocks))
             in_ch = width
 
-        final_expand = _ConvBNAct(in_ch, _FINAL_EXPAND_RATIO * in_ch, 1)
+        final_expand = ConvBNAct(in_ch, _FINAL_EXPAND_RATIO * in_ch, 1, activation="silu")
         net = _NASViT(
             int(arch["resolution"]),
             stem,

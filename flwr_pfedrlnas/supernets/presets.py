@@ -1,0 +1,49 @@
+"""CPU-sized knobs of the built-in supernet families (shared by tests and scripts)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["CPU_PRESETS", "cpu_preset"]
+
+# Per built-in family: knobs for a 1-channel 32x32 input (the embedded, padded
+# Fashion-MNIST) and 10 classes, small enough to build and train on a CPU.
+CPU_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "mobilenetv3": {
+            "width_mult": 0.35,
+            "num_stages": 3,
+            "input_resolution": 32,
+            "in_channels": 1,
+            "num_classes": 10,
+        },
+        "nasvit": {
+            "width_mult": 0.25,
+            "num_conv_stages": 2,
+            "num_vit_stages": 1,
+            "resolution_choices": [24, 32],
+            "in_channels": 1,
+            "num_classes": 10,
+            "conv_depth_choices": [[1, 2], [1, 2]],
+            "vit_depth_choices": [[1, 2]],
+            "head_width_choices": [256, 320],
+        },
+        "darts": {"init_channels": 4, "num_cells": 3, "in_channels": 1, "num_classes": 10},
+        "elastic-cnn": {"in_channels": 1, "num_classes": 10},
+    }
+)
+
+
+def cpu_preset(name: str) -> dict[str, Any]:
+    """A fresh copy of the CPU-sized knobs of the built-in family ``name``.
+
+    Raises ``ValueError`` naming the unknown family and the known ones.
+    """
+    if name not in CPU_PRESETS:
+        raise ValueError(
+            f"no CPU preset for supernet family {name!r}; known: {sorted(CPU_PRESETS)}"
+        )
+    return copy.deepcopy(dict(CPU_PRESETS[name]))
