@@ -1,0 +1,1 @@
+"""Personalised-FL baselines Flower app."""

@@ -1,0 +1,344 @@
+"""Client side of the personalised-FL baselines: Message-API handlers and a ClientApp factory.
+
+Personal tensors (FedRep's and FedBABU's heads, Local's whole model) live in
+``context.state`` under ``personal-<method>`` and never travel; with a
+``client-state-dir`` in the config they are mirrored to
+``<dir>/<client-id>.<method>.pt`` on the client's own disk so that they
+survive a restart of the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .. import messages as m
+from ..client import client_id_from_context, identify
+from ..training import evaluate
+from .models import build_model, is_head_key
+
+__all__ = [
+    "FINETUNE_EPOCHS",
+    "HEAD_EPOCHS",
+    "METHOD",
+    "METHODS",
+    "MODEL",
+    "MODEL_CONFIG",
+    "baseline_evaluate",
+    "baseline_train",
+    "build_from_config",
+    "make_baseline_client_app",
+    "personal_key",
+    "train_parts",
+]
+
+METHODS = ("fedavg-ft", "local", "fedrep", "fedbabu", "fedtp")
+# ConfigRecord keys, server -> client (besides those of flwr_pfedrlnas.messages).
+METHOD = "method"
+MODEL = "model"
+MODEL_CONFIG = "model-config"
+NUM_CLASSES = "num-classes"
+IN_CHANNELS = "in-channels"
+SEED = "seed"
+HEAD_EPOCHS = "head-epochs"
+FINETUNE_EPOCHS = "finetune-epochs"
+CLIENT_STATE_DIR = "client-state-dir"
+
+# load_data(context, batch_size) -> (train_loader, test_loader)
+LoadData = Callable[[Context, int], tuple[DataLoader, DataLoader]]
+BuildModel = Callable[[ConfigRecord], nn.Module]
+
+
+def personal_key(method: str) -> str:
+    """Key of the method's personal ArrayRecord in ``context.state``."""
+    return f"personal-{method}"
+
+
+def build_from_config(config: ConfigRecord | dict[str, Any]) -> nn.Module:
+    """The seeded initial model named by a server config (same on every client)."""
+    return build_model(
+        str(config[MODEL]),
+        num_classes=int(config[NUM_CLASSES]),
+        in_channels=int(config[IN_CHANNELS]),
+        model_config=str(config.get(MODEL_CONFIG, "")),
+        seed=int(config.get(SEED, 0)),
+    )
+
+
+def _device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_parts(
+    model: nn.Module,
+    loader: DataLoader,
+    epochs: int,
+    lr: float,
+    trainable: Callable[[str], bool],
+    device: torch.device | str = "cpu",
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> tuple[float, int]:
+    """SGD on the parameters whose name satisfies ``trainable``; the rest stays bit-for-bit.
+
+    Frozen parameters get no gradient and are left out of the optimiser (no
+    weight decay either), and a BatchNorm layer whose parameters are all
+    frozen runs in eval mode, so its running statistics do not move.
+    Returns (mean loss, examples seen).
+    """
+    model.to(device)
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(trainable(name)))
+        if p.requires_grad:
+            params.append(p)
+    if epochs <= 0 or not params:
+        return float("nan"), 0
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    model.train()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+            if own and not any(trainable(k) for k in own):
+                module.eval()
+    total, n = 0.0, 0
+    for _ in range(epochs):
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * labels.shape[0]
+            n += int(labels.shape[0])
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return (total / n if n else float("nan")), n
+
+
+def _state_file(config, context: Context, method: str) -> Path | None:
+    directory = str(config.get(CLIENT_STATE_DIR, ""))
+    if not directory:
+        return None
+    return Path(directory) / f"{client_id_from_context(context)}.{method}.pt"
+
+
+def _load_personal(context: Context, config, method: str) -> dict[str, torch.Tensor] | None:
+    key = personal_key(method)
+    if key in context.state.array_records:
+        return context.state.array_records[key].to_torch_state_dict()
+    path = _state_file(config, context, method)
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=True)
+        context.state[key] = ArrayRecord(state)
+        return state
+    return None
+
+
+def _save_personal(context: Context, config, method: str, state: dict[str, torch.Tensor]) -> None:
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    context.state[personal_key(method)] = ArrayRecord(state)
+    path = _state_file(config, context, method)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+
+def _head_of(model_name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if is_head_key(model_name, k)}
+
+
+def _personal_model(
+    msg: Message, context: Context, build: BuildModel, arrayrecord_key: str
+) -> tuple[nn.Module, str, str]:
+    """The client's model for this method: shared arrays from the message + personal state."""
+    config = msg.content["config"]
+    method, model_name = str(config[METHOD]), str(config[MODEL])
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    model = build(config)
+    state = model.state_dict()
+    personal = _load_personal(context, config, method)
+    if method == "local":
+        if personal is not None:
+            state.update(personal)
+    else:
+        shared = msg.content[arrayrecord_key].to_torch_state_dict()
+        unknown = set(shared) - set(state)
+        if unknown:
+            raise ValueError(f"message carries tensors the model lacks: {sorted(unknown)[:5]}")
+        state.update(shared)
+        if method in ("fedrep", "fedbabu"):
+            if personal is None:  # the seeded initial head, kept from now on
+                personal = _head_of(model_name, state)
+                _save_personal(context, config, method, personal)
+            state.update(personal)
+        elif set(shared) != set(state):
+            missing = sorted(set(state) - set(shared))[:5]
+            raise ValueError(f"{method}: message lacks tensors {missing}")
+    model.load_state_dict(state, strict=True)
+    return model, method, model_name
+
+
+def baseline_train(
+    msg: Message,
+    context: Context,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    device: str | None = None,
+    build: BuildModel = build_from_config,
+    arrayrecord_key: str = "arrays",
+) -> Message:
+    """One round of local training for the message's ``method``.
+
+    - fedavg-ft, fedtp: train every parameter; reply with all of them.
+    - local: train the own model kept in ``context.state``; reply with no arrays.
+    - fedrep: ``head-epochs`` on the head (body frozen), then ``local-epochs``
+      on the body (head frozen); the head stays in ``context.state``, the
+      reply carries the body only.
+    - fedbabu: ``local-epochs`` on the body; the head is the seeded random one,
+      frozen, kept in ``context.state``; the reply carries the body only.
+
+    Metrics: num-examples, accuracy (own test split, after training),
+    train-loss, compute-seconds.
+    """
+    config = msg.content["config"]
+    dev = _device(device)
+    model, method, model_name = _personal_model(msg, context, build, arrayrecord_key)
+    epochs, lr = int(config.get(m.LOCAL_EPOCHS, 1)), float(config.get(m.LR, 0.05))
+
+    def head(k: str) -> bool:
+        return is_head_key(model_name, k)
+
+    def body(k: str) -> bool:
+        return not is_head_key(model_name, k)
+
+    start = time.perf_counter()
+    if method == "fedrep":
+        train_parts(model, train_loader, int(config.get(HEAD_EPOCHS, 1)), lr, head, dev)
+        loss, n = train_parts(model, train_loader, epochs, lr, body, dev)
+    elif method == "fedbabu":
+        loss, n = train_parts(model, train_loader, epochs, lr, body, dev)
+    else:
+        loss, n = train_parts(model, train_loader, epochs, lr, lambda k: True, dev)
+    _, accuracy, _ = evaluate(model, test_loader, device=dev)
+    compute = time.perf_counter() - start
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if method == "local":
+        _save_personal(context, config, method, state)
+        reply_state: dict[str, torch.Tensor] = {}
+    elif method == "fedrep":
+        _save_personal(context, config, method, _head_of(model_name, state))
+        reply_state = {k: v for k, v in state.items() if not head(k)}
+    elif method == "fedbabu":
+        reply_state = {k: v for k, v in state.items() if not head(k)}
+    else:
+        reply_state = state
+    num_examples = n // max(epochs, 1) if n else len(getattr(train_loader, "dataset", []))
+    metrics = {
+        m.NUM_EXAMPLES: int(num_examples),
+        m.ACCURACY: float(accuracy),
+        m.TRAIN_LOSS: float(loss),
+        m.COMPUTE_SECONDS: float(compute),
+    }
+    content = RecordDict(
+        {
+            arrayrecord_key: ArrayRecord(reply_state),
+            "metrics": MetricRecord(metrics),
+            "config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def baseline_evaluate(
+    msg: Message,
+    context: Context,
+    train_loader: DataLoader,
+    test_loader: DataLoader,
+    device: str | None = None,
+    build: BuildModel = build_from_config,
+    arrayrecord_key: str = "arrays",
+) -> Message:
+    """Test the client's personalised model on its own test split.
+
+    With ``finetune-epochs`` > 0 in the config (the server sends it in the
+    final evaluation only) the model is first fine-tuned on the local training
+    data: every parameter for fedavg-ft, the head only for fedbabu. The
+    fine-tuned weights are used for this test and not kept.
+    """
+    config = msg.content["config"]
+    dev = _device(device)
+    model, method, model_name = _personal_model(msg, context, build, arrayrecord_key)
+    finetune = int(config.get(FINETUNE_EPOCHS, 0))
+    lr = float(config.get(m.LR, 0.05))
+    if finetune > 0 and method == "fedavg-ft":
+        train_parts(model, train_loader, finetune, lr, lambda k: True, dev)
+    elif finetune > 0 and method == "fedbabu":
+        train_parts(model, train_loader, finetune, lr, lambda k: is_head_key(model_name, k), dev)
+    else:
+        finetune = 0
+    loss, accuracy, n = evaluate(model, test_loader, device=dev)
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {
+                    m.NUM_EXAMPLES: int(n),
+                    m.ACCURACY: float(accuracy),
+                    "loss": float(loss),
+                    FINETUNE_EPOCHS: int(finetune),
+                }
+            ),
+            "config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def make_baseline_client_app(
+    load_data: LoadData,
+    build: BuildModel = build_from_config,
+    device: str | None = None,
+) -> ClientApp:
+    """A ``ClientApp`` serving every baseline (the method comes in each message's config).
+
+    Parameters
+    ----------
+    load_data : Callable[[Context, int], tuple[DataLoader, DataLoader]]
+        This node's train and test loaders for a batch size (should cache).
+    build : Callable[[ConfigRecord], nn.Module] (default: build_from_config)
+        The seeded initial model for a config.
+    device : str | None (default: None)
+        Torch device; CUDA when available if ``None``.
+    """
+    app = ClientApp()
+
+    def _loaders(msg: Message, context: Context):
+        config = msg.content.config_records.get("config", ConfigRecord())
+        return load_data(context, int(config.get(m.BATCH_SIZE, 32)))
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return baseline_train(msg, context, *_loaders(msg, context), device, build)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return baseline_evaluate(msg, context, *_loaders(msg, context), device, build)
+
+    @app.query()
+    def _query(msg: Message, context: Context) -> Message:
+        return identify(msg, context)
+
+    return app
