@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from collections.abc import Callable
 from functools import lru_cache
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader
 from . import messages as m
 from .search_space import Architecture, architecture_from_json, architecture_to_json
 from .supernets import SupernetFamily, get_supernet
-from .training import evaluate, recalibrate_batchnorm, train
+from .training import evaluate, recalibrate_batchnorm, train, training_peak_memory
 
 __all__ = [
     "LoadData",
@@ -29,8 +31,11 @@ __all__ = [
     "evaluate_subnet",
     "identify",
     "make_client_app",
+    "memory_budget_of",
     "train_subnet",
 ]
+
+logger = logging.getLogger(__name__)
 
 # load_data(context, batch_size) -> (train_loader, test_loader)
 LoadData = Callable[[Context, int], tuple[DataLoader, DataLoader]]
@@ -78,27 +83,115 @@ def _device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _positive(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def memory_budget_of(
+    config: ConfigRecord | dict[str, Any], node_config: dict[str, Any] | None = None
+) -> float | None:
+    """The device's training memory budget in bytes, or ``None`` when unknown.
+
+    The node's own ``memory-budget-mb`` (deployment: ``--node-config
+    "memory-budget-mb=512"``) wins; else ``memory-budget-bytes`` sent by the
+    server (simulation: the client's seeded device profile). An unusable
+    value is ignored with a warning, never raised.
+    """
+    node_config = node_config or {}
+    if m.MEMORY_BUDGET_MB in node_config:
+        mb = _positive(node_config[m.MEMORY_BUDGET_MB])
+        if mb is not None:
+            return mb * 2**20
+        logger.warning("node config memory-budget-mb=%r ignored", node_config[m.MEMORY_BUDGET_MB])
+    if m.MEMORY_BUDGET_BYTES in config:
+        budget = _positive(config[m.MEMORY_BUDGET_BYTES])
+        if budget is not None:
+            return budget
+        logger.warning("memory-budget-bytes=%r ignored", config[m.MEMORY_BUDGET_BYTES])
+    return None
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, MemoryError):
+        return True
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(err, oom):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+
+
+def _overrun_metrics(
+    peak: float, budget: float | None, seconds: float
+) -> tuple[dict[str, float], None]:
+    metrics = {
+        m.NUM_EXAMPLES: 0,
+        m.ACCURACY: 0.0,
+        m.COMPUTE_SECONDS: float(seconds),
+        m.PEAK_MEMORY_BYTES: float(peak),
+        m.MEMORY_OVERRUN: 1,
+    }
+    if budget is not None:
+        metrics[m.MEMORY_BUDGET_BYTES] = float(budget)
+    return metrics, None
+
+
 def _fit(
     model: nn.Module,
     config: ConfigRecord | dict[str, Any],
     train_loader: DataLoader,
     test_loader: DataLoader,
     device: torch.device,
-) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Train then test; the metrics a reply carries, and the trained weights."""
+    memory_budget: float | None = None,
+) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
+    """Measure, train, test; the metrics a reply carries, and the trained weights.
+
+    First the subnet's peak training memory is measured on the first batch
+    (:func:`~flwr_pfedrlnas.training.training_peak_memory`). Over
+    ``memory_budget``, or out of memory while measuring or training, the
+    client does not train (on): it returns ``memory-overrun`` = 1 with the
+    peak and the budget, accuracy 0 and no weights (``None``). It never raises
+    for lack of memory.
+    """
     epochs = int(config.get(m.LOCAL_EPOCHS, 1))
     lr = float(config.get(m.LR, 0.05))
     start = time.perf_counter()
-    result = train(model, train_loader, epochs=epochs, lr=lr, device=device)
-    _, accuracy, _ = evaluate(model, test_loader, device=device)
+    peak = 0.0
+    try:
+        model.to(device)
+        first = next(iter(train_loader), None)
+        if first is not None:
+            peak = float(training_peak_memory(model, first[0], first[1], optimizer_slots=1))
+        if memory_budget is not None and peak > memory_budget:
+            return _overrun_metrics(peak, memory_budget, time.perf_counter() - start)
+        result = train(
+            model, train_loader, epochs=epochs, lr=lr, device=device, measure_memory=False
+        )
+        _, accuracy, _ = evaluate(model, test_loader, device=device)
+    except Exception as err:  # only running out of memory is answered, not raised
+        if not _is_out_of_memory(err):
+            raise
+        if device.type == "cuda":
+            peak = max(peak, float(torch.cuda.max_memory_allocated(device)))
+            torch.cuda.empty_cache()
+        logger.warning("out of memory (%s): reported as a memory overrun", err)
+        return _overrun_metrics(peak, memory_budget, time.perf_counter() - start)
     compute = time.perf_counter() - start
     metrics = {
         m.NUM_EXAMPLES: int(result.num_examples),
         m.ACCURACY: float(accuracy),
         m.TRAIN_LOSS: float(result.loss),
         m.COMPUTE_SECONDS: float(compute),
-        m.PEAK_MEMORY_BYTES: float(result.peak_memory_bytes),
+        m.PEAK_MEMORY_BYTES: peak,
+        m.MEMORY_OVERRUN: 0,
     }
+    if memory_budget is not None:
+        metrics[m.MEMORY_BUDGET_BYTES] = float(memory_budget)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return metrics, state
 
@@ -116,16 +209,20 @@ def train_subnet(
 
     The reply carries ``arrays`` (trained subnet), ``metrics`` (num-examples,
     accuracy on the client's own test split after training, train-loss,
-    compute-seconds, peak-memory-bytes) and ``config`` echoing the
-    architecture and the client id.
+    compute-seconds, peak-memory-bytes, memory-overrun and, when known,
+    memory-budget-bytes) and ``config`` echoing the architecture and the
+    client id. When the measured peak exceeds the budget (see
+    :func:`memory_budget_of`) the client does not train and replies with an
+    empty ``arrays`` record and ``memory-overrun`` = 1.
     """
     config = msg.content[configrecord_key]
     family, arch, model = build_subnet_from_config(config)
     model.load_state_dict(msg.content[arrayrecord_key].to_torch_state_dict(), strict=True)
-    metrics, state = _fit(model, config, train_loader, test_loader, _device(device))
+    budget = memory_budget_of(config, dict(context.node_config))
+    metrics, state = _fit(model, config, train_loader, test_loader, _device(device), budget)
     content = RecordDict(
         {
-            arrayrecord_key: ArrayRecord(state),
+            arrayrecord_key: ArrayRecord(state) if state is not None else ArrayRecord(),
             "metrics": MetricRecord(metrics),
             configrecord_key: ConfigRecord(
                 {m.ARCH: architecture_to_json(arch), m.CLIENT_ID: client_id_from_context(context)}
@@ -235,6 +332,8 @@ class SubnetClient(NumPyClient):
         This client's data.
     device : str | None (default: None)
         Torch device; CUDA when available if ``None``.
+    node_config : dict | None (default: None)
+        The node's config; its ``memory-budget-mb`` is the training budget.
     """
 
     def __init__(
@@ -243,7 +342,9 @@ class SubnetClient(NumPyClient):
         train_loader: DataLoader,
         test_loader: DataLoader,
         device: str | None = None,
+        node_config: dict[str, Any] | None = None,
     ) -> None:
+        self.node_config = dict(node_config or {})
         self.client_id = str(client_id)
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -265,8 +366,16 @@ class SubnetClient(NumPyClient):
     def fit(self, parameters, config):
         _, arch, model = build_subnet_from_config(config)
         self._load(model, parameters)
-        metrics, state = _fit(model, config, self.train_loader, self.test_loader, self.device)
-        arrays = [v.numpy() for v in state.values()]
+        budget = memory_budget_of(config, self.node_config)
+        metrics, state = _fit(
+            model, config, self.train_loader, self.test_loader, self.device, budget
+        )
+        # Over budget: the received weights go back unchanged (the server ignores them).
+        arrays = (
+            [np.asarray(p) for p in parameters]
+            if state is None
+            else [v.numpy() for v in state.values()]
+        )
         metrics[m.ARCH] = architecture_to_json(arch)
         metrics[m.CLIENT_ID] = self.client_id
         return arrays, int(metrics[m.NUM_EXAMPLES]), metrics

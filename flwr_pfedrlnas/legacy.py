@@ -188,6 +188,14 @@ class PerFedRLNASLegacy(Strategy):
                     f"reply has {len(arrays)} arrays, the subnet has {len(keys)} tensors"
                 )
             metrics = dict(res.metrics)
+            for key in (m.ACCURACY, m.COMPUTE_SECONDS):
+                if key not in metrics:
+                    raise ValueError(f"metrics lack {key!r}")
+            claimed = metrics.get(m.CLIENT_ID)
+            if claimed is not None and str(claimed) != cid:
+                raise ValueError(
+                    f"client-id is {claimed!r}, but the reply came from client {cid!r}"
+                )
             echoed = metrics.get(m.ARCH)
             return ClientReply(
                 client_id=cid,
@@ -205,6 +213,7 @@ class PerFedRLNASLegacy(Strategy):
                     if m.MEMORY_BUDGET_BYTES in metrics
                     else None
                 ),
+                memory_overrun=bool(metrics.get(m.MEMORY_OVERRUN, 0)),
             )
         except (ValueError, TypeError) as err:
             self.session.record_failure(cid, f"rejected: {err}")

@@ -23,8 +23,11 @@ __all__ = [
     "LOCAL_EPOCHS",
     "LR",
     "MEMORY_BUDGET_BYTES",
+    "MEMORY_BUDGET_MB",
+    "MEMORY_OVERRUN",
     "NUM_EXAMPLES",
     "PEAK_MEMORY_BYTES",
+    "SEARCH_ONLY",
     "SERVER_ROUND",
     "SUPERNET",
     "SUPERNET_CONFIG",
@@ -44,13 +47,20 @@ LOCAL_EPOCHS = "local-epochs"
 LR = "lr"
 BATCH_SIZE = "batch-size"
 BN_RECALIBRATION_BATCHES = "bn-recalibration-batches"
+# Evaluate-type message of a search-only round (new clients): test, never train or upload.
+SEARCH_ONLY = "search-only"
 # MetricRecord keys, client -> server.
 NUM_EXAMPLES = "num-examples"
 ACCURACY = "accuracy"
 TRAIN_LOSS = "train-loss"
 COMPUTE_SECONDS = "compute-seconds"
 PEAK_MEMORY_BYTES = "peak-memory-bytes"
+# Also server -> client: a simulated device's budget (a node's own setting wins).
 MEMORY_BUDGET_BYTES = "memory-budget-bytes"
+# 1 when the measured peak exceeded the budget and the client did not train.
+MEMORY_OVERRUN = "memory-overrun"
+# Node config key of a deployed device's training memory budget, in MiB.
+MEMORY_BUDGET_MB = "memory-budget-mb"
 # Identity: node config key in deployment, and the key of the identity reply.
 CLIENT_ID = "client-id"
 PARTITION_ID = "partition-id"
@@ -120,6 +130,9 @@ def reply_from_records(
             raise ValueError(f"num-examples is {num_examples!r}, not a whole number")
         num_examples = int(num_examples)
     budget = metrics.get(MEMORY_BUDGET_BYTES, memory_budget_bytes)
+    overrun = metrics.get(MEMORY_OVERRUN, 0)
+    if isinstance(overrun, list):
+        raise ValueError(f"metrics {MEMORY_OVERRUN!r} is a list {overrun!r}, not a number")
     return ClientReply(
         client_id=str(client_id),
         arch=arch,
@@ -130,4 +143,5 @@ def reply_from_records(
         compute_seconds=float(metrics[COMPUTE_SECONDS]),
         peak_memory_bytes=float(metrics.get(PEAK_MEMORY_BYTES, 0.0)),
         memory_budget_bytes=None if budget is None else float(budget),
+        memory_overrun=bool(overrun),
     )

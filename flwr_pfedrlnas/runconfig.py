@@ -13,6 +13,7 @@ from flwr.app import Context
 from flwr.common import log
 
 from .datasets import dataset_info, load_client_data, make_loaders
+from .profiles import ProfileDistribution
 from .search import SearchConfig
 from .supernets import SupernetFamily, get_supernet
 
@@ -38,8 +39,24 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
         bandwidth_down_bps=bandwidth,
         bandwidth_up_bps=bandwidth,
         weighting=str(cfg["weighting"]),  # type: ignore[arg-type]
+        memory_aware=bool(cfg.get("memory-aware", False)),
         seed=int(cfg["seed"]),
     )
+
+
+def message_api_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments only ``PerFedRLNAS`` (Message API) takes.
+
+    ``simulate-profiles`` (+ ``profile-seed``, ``speed-factor-min``/``-max``,
+    ``bandwidth-choices-mbps``, ``memory-budget-choices-mb``): seeded device
+    profiles; ``num-new-clients`` and ``new-client-rounds``: held-out clients
+    searched by evaluation only after training. Missing keys: off.
+    """
+    return {
+        "profiles": ProfileDistribution.from_run_config(cfg),
+        "num_new_clients": int(cfg.get("num-new-clients", 0)),
+        "new_client_rounds": int(cfg.get("new-client-rounds", 0)),
+    }
 
 
 def output_dir(path: str) -> str | None:

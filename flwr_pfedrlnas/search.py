@@ -23,6 +23,7 @@ from .aggregation import (
     state_num_bytes,
 )
 from .policy import ArchitecturePolicy
+from .profiles import DeviceProfile
 from .rewards import (
     DEFAULT_BANDWIDTH_BPS,
     AccuracyHistory,
@@ -67,8 +68,14 @@ class SearchConfig:
         Weight of each client in the count-normalised merge.
     memory_aware : bool (default: False)
         Use eq. 9 (memory budget) instead of eq. 8.
-    reward_clip : float | None (default: None)
-        Clip every reward to ``[-reward_clip, reward_clip]`` when set.
+    reward_clip : float | None (default: 2.0)
+        Clip every reward to ``[-reward_clip, reward_clip]`` (``None``: no
+        clipping). The accuracy part of eq. 8 lies in ``[-1, 1]`` and eq. 9's
+        memory term in ``[-1, 0]``, so 2 leaves every honest accuracy and
+        memory reward intact (a client just inside its budget still differs
+        from one over it) while bounding the time term, so that a forged
+        ``compute-seconds`` (which sets the round's ``min RT``) cannot swamp
+        the other clients' rewards.
     seed : int (default: 0)
         Seed of architecture sampling and client sampling.
     """
@@ -81,7 +88,7 @@ class SearchConfig:
     bandwidth_up_bps: float = DEFAULT_BANDWIDTH_BPS
     weighting: Weighting = "examples"
     memory_aware: bool = False
-    reward_clip: float | None = None
+    reward_clip: float | None = 2.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -124,6 +131,9 @@ class ClientReply:
     compute_seconds: float = 0.0
     peak_memory_bytes: float = 0.0
     memory_budget_bytes: float | None = None
+    # The client measured a peak over its budget and did not train: its weights
+    # (unchanged or absent) are never merged; eq. 9 gives it acc 0, RT max, phi 1.
+    memory_overrun: bool = False
 
 
 @dataclass
@@ -139,6 +149,7 @@ class RoundOutcome:
     bytes_down: dict[str, int] = field(default_factory=dict)
     bytes_up: dict[str, int] = field(default_factory=dict)
     mean_accuracy: float = float("nan")
+    overruns: list[str] = field(default_factory=list)
 
     @property
     def latency(self) -> float:
@@ -161,6 +172,11 @@ class PerFedRLNASSearch:
         Search settings.
     supernet_state : Mapping[str, np.ndarray] | None (default: None)
         Initial supernet weights; a fresh seeded initialisation when ``None``.
+    profiles : Mapping[str, DeviceProfile] | None (default: None)
+        Simulated device of each client id: its speed factor multiplies the
+        reported compute seconds and its bandwidths replace the configured
+        ones in the round time. Clients without a profile use the measured
+        compute time and the configured bandwidth (deployment).
     """
 
     def __init__(
@@ -168,6 +184,7 @@ class PerFedRLNASSearch:
         family: SupernetFamily,
         config: SearchConfig | None = None,
         supernet_state: Mapping[str, np.ndarray] | None = None,
+        profiles: Mapping[str, DeviceProfile] | None = None,
     ) -> None:
         self.family = family
         self.config = config or SearchConfig()
@@ -181,6 +198,10 @@ class PerFedRLNASSearch:
         self.history = AccuracyHistory()
         self.pending: dict[str, Proposal] = {}
         self.completed_rounds = 0
+        self.profiles: dict[str, DeviceProfile] = dict(profiles or {})
+        # Search-only rounds (new clients): their own accuracy baseline and proposals.
+        self.search_history = AccuracyHistory()
+        self.search_pending: dict[str, Architecture] = {}
 
     # ------------------------------------------------------------------ helpers
     def _checked_supernet(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -248,8 +269,9 @@ class PerFedRLNASSearch:
                 f"arch is {architecture_to_json(arch)}, but "
                 f"{architecture_to_json(proposal.arch)} was sent"
             )
+        overrun = self._is_overrun(reply)
         checks = [
-            ("num-examples", reply.num_examples, lambda v: 0 < v <= MAX_NUM_EXAMPLES),
+            ("num-examples", reply.num_examples, lambda v: 0 <= v <= MAX_NUM_EXAMPLES),
             ("accuracy", reply.accuracy, lambda v: 0.0 <= v <= 1.0),
             ("compute-seconds", reply.compute_seconds, lambda v: v >= 0),
             ("peak-memory-bytes", reply.peak_memory_bytes, lambda v: v >= 0),
@@ -259,6 +281,10 @@ class PerFedRLNASSearch:
                 return f"{name} is {value!r}, not a number"
             if not math.isfinite(value) or not ok(value):
                 return f"{name} is {value!r}, out of range"
+        if overrun:
+            return None  # nothing of its state is used: it is not merged
+        if reply.num_examples == 0:
+            return "num-examples is 0, out of range"
         if self.config.memory_aware and not (
             reply.memory_budget_bytes is not None and reply.memory_budget_bytes > 0
         ):
@@ -268,6 +294,37 @@ class PerFedRLNASSearch:
         except ValueError as err:
             return str(err)
         return None
+
+    @staticmethod
+    def _is_overrun(reply: ClientReply) -> bool:
+        """Over budget: flagged by the client, or its peak above its budget."""
+        budget = reply.memory_budget_bytes
+        over = (
+            budget is not None
+            and isinstance(budget, (int, float, np.number))
+            and budget > 0
+            and isinstance(reply.peak_memory_bytes, (int, float, np.number))
+            and reply.peak_memory_bytes > budget
+        )
+        return bool(reply.memory_overrun) or bool(over)
+
+    def round_time_of(
+        self, client_id: str, compute_seconds: float, bytes_down: int, bytes_up: int
+    ) -> float:
+        """RT of one client: its profile (simulation) or the configured bandwidth."""
+        cfg = self.config
+        profile = self.profiles.get(str(client_id))
+        if profile is None:
+            return round_time(
+                compute_seconds, bytes_down, bytes_up, cfg.bandwidth_down_bps, cfg.bandwidth_up_bps
+            )
+        return round_time(
+            compute_seconds * profile.speed_factor,
+            bytes_down,
+            bytes_up,
+            profile.bandwidth_down_bps,
+            profile.bandwidth_up_bps,
+        )
 
     def incorporate(self, server_round: int, replies: Iterable[ClientReply]) -> RoundOutcome:
         """Validate replies, reward, update policies, merge subnets.
@@ -295,26 +352,35 @@ class PerFedRLNASSearch:
             accepted.append(reply)
         # A duplicate reply invalidates the first one too: we cannot tell which is real.
         dupes = {cid for cid, why in outcome.rejected.items() if why.startswith("duplicate")}
-        accepted = [r for r in accepted if str(r.client_id) not in dupes]
+        # Client order, not arrival order: the merge's float sums are then the same
+        # whatever order the replies came in (a resumed run must match bit for bit).
+        accepted = sorted(
+            (r for r in accepted if str(r.client_id) not in dupes), key=lambda r: str(r.client_id)
+        )
 
         cfg = self.config
         accs, rts, peaks, budgets = {}, {}, {}, {}
+        overruns = {str(r.client_id) for r in accepted if self._is_overrun(r)}
         for reply in accepted:
             cid = str(reply.client_id)
             proposal = self.pending[cid]
-            bytes_up = state_num_bytes(reply.state)
+            # An over-budget client uploads nothing that is used (its state is ignored).
+            bytes_up = 0 if cid in overruns else state_num_bytes(reply.state)
             outcome.bytes_down[cid] = proposal.bytes_down
             outcome.bytes_up[cid] = bytes_up
             accs[cid] = float(reply.accuracy)
-            rts[cid] = round_time(
-                reply.compute_seconds,
-                proposal.bytes_down,
-                bytes_up,
-                cfg.bandwidth_down_bps,
-                cfg.bandwidth_up_bps,
-            )
+            rts[cid] = self.round_time_of(cid, reply.compute_seconds, proposal.bytes_down, bytes_up)
             peaks[cid] = float(reply.peak_memory_bytes)
             budgets[cid] = float(reply.memory_budget_bytes or 0.0)
+            if cid in overruns and not (peaks[cid] > budgets[cid] > 0):
+                # Flagged (e.g. out of memory) without a usable peak/budget pair:
+                # give eq. 9 one that is over budget.
+                peaks[cid], budgets[cid] = 2.0, 1.0
+        if overruns:
+            # Eq. 9's treatment of an overrun (also under eq. 8): acc 0, the round's max RT.
+            max_rt = max(rts.values())
+            for cid in overruns:
+                accs[cid], rts[cid] = 0.0, max_rt
 
         history = copy.deepcopy(self.history)
         if cfg.memory_aware:
@@ -340,7 +406,11 @@ class PerFedRLNASSearch:
         merged = merge_subnets(
             self.family,
             self.supernet,
-            [(self.pending[str(r.client_id)].arch, r.state, r.num_examples) for r in accepted],
+            [
+                (self.pending[str(r.client_id)].arch, r.state, r.num_examples)
+                for r in accepted
+                if str(r.client_id) not in overruns
+            ],
             weighting=cfg.weighting,
         )
 
@@ -351,11 +421,57 @@ class PerFedRLNASSearch:
         self.pending.clear()
         self.completed_rounds = max(self.completed_rounds, server_round)
         outcome.accepted = [str(r.client_id) for r in accepted]
-        outcome.accuracies = accs
+        outcome.accuracies = effective if cfg.memory_aware else accs
         outcome.rewards = rewards
         outcome.round_times = rts
         outcome.mean_accuracy = history.mean()
+        outcome.overruns = sorted(overruns)
         return outcome
+
+    # ------------------------------------------------------------------ new clients
+    def propose_search_only(self, client_id: str) -> Proposal:
+        """Search-only round (a new client): sample an architecture to be tested.
+
+        The client tests the subnet (no training, no upload); the supernet is
+        never changed by search-only rounds.
+        """
+        cid = str(client_id)
+        arch = self.policy(cid).sample(self.rng)
+        state = extract_subnet(self.family, self.supernet, arch)
+        self.search_pending[cid] = arch
+        return Proposal(cid, arch, state, state_num_bytes(state))
+
+    def incorporate_search_only(self, accuracies: Mapping[str, float]) -> dict[str, float]:
+        """Reward ``acc_i - mean_acc`` (eq. 8 without time or merge); update policies.
+
+        ``mean_acc`` is the running mean of the new clients' most recent test
+        accuracies (their own baseline, kept apart from the trained clients').
+        An accuracy outside [0, 1] or of a client not proposed is ignored.
+        Returns the rewards; every pending search-only proposal is closed.
+        """
+        valid = {}
+        for cid, acc in accuracies.items():
+            cid = str(cid)
+            if cid not in self.search_pending:
+                logger.warning("search-only accuracy of client %s, not proposed: ignored", cid)
+                continue
+            if isinstance(acc, bool) or not isinstance(acc, (int, float, np.number)):
+                logger.warning("search-only accuracy of client %s is %r: ignored", cid, acc)
+                continue
+            if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
+                logger.warning("search-only accuracy of client %s is %r: ignored", cid, acc)
+                continue
+            valid[cid] = float(acc)
+        self.search_history.update(valid)
+        baseline = self.search_history.mean()
+        rewards = {cid: acc - baseline for cid, acc in valid.items()}
+        if self.config.reward_clip is not None:
+            c = self.config.reward_clip
+            rewards = {k: min(max(v, -c), c) for k, v in rewards.items()}
+        for cid, reward in rewards.items():
+            self.policy(cid).update(self.search_pending[cid], reward)  # eq. 6
+        self.search_pending.clear()
+        return rewards
 
     def deploy(self, client_id: str) -> tuple[Architecture, dict[str, np.ndarray]]:
         """The client's deployed model: its argmax architecture and weights."""
@@ -373,6 +489,7 @@ class PerFedRLNASSearch:
                 "completed_rounds": self.completed_rounds,
                 "policies": {c: p.state_dict() for c, p in self.policies.items()},
                 "history": self.history.state_dict(),
+                "search_history": self.search_history.state_dict(),
                 "rng": self.rng.bit_generator.state,
             },
         }
@@ -393,11 +510,15 @@ class PerFedRLNASSearch:
             policies[str(cid)] = policy
         history = AccuracyHistory()
         history.load_state_dict(meta["history"])
+        search_history = AccuracyHistory()
+        search_history.load_state_dict(meta.get("search_history", {}))
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]
         self.supernet, self.policies, self.history, self.rng = supernet, policies, history, rng
+        self.search_history = search_history
         self.completed_rounds = int(meta["completed_rounds"])
         self.pending.clear()
+        self.search_pending.clear()
 
     def save(self, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
         """Write a checkpoint atomically: ``supernet.npz`` + ``state.json``.

@@ -11,6 +11,7 @@ from typing import Any
 from flwr.common import log
 
 from . import messages as m
+from .profiles import ProfileDistribution
 from .results import RunRecorder, summarise_accuracies, write_results
 from .search import ClientReply, PerFedRLNASSearch, Proposal, RoundOutcome, SearchConfig
 from .search_space import architecture_to_json
@@ -48,6 +49,9 @@ class SearchSession:
         resume: bool = False,
         run_config: Mapping[str, Any] | None = None,
         name: str = "PerFedRLNAS",
+        profiles: ProfileDistribution | None = None,
+        num_new_clients: int = 0,
+        new_client_rounds: int = 0,
     ) -> None:
         checks = {
             "clients_per_round": clients_per_round >= 1,
@@ -55,6 +59,8 @@ class SearchSession:
             "lr": lr > 0,
             "batch_size": batch_size >= 1,
             "evaluate_every": evaluate_every >= 1,
+            "num_new_clients": num_new_clients >= 0,
+            "new_client_rounds": new_client_rounds >= 0,
         }
         for field_name, ok in checks.items():
             if not ok:
@@ -74,6 +80,13 @@ class SearchSession:
         self.recorder = RunRecorder()
         self.latency_total = 0.0
         self.resumed_from = 0
+        self.profile_distribution = profiles
+        self.num_new_clients = int(num_new_clients)
+        self.new_client_rounds = int(new_client_rounds)
+        # Held out of training (decided once, at the first round): the last
+        # ``num_new_clients`` client ids in natural order.
+        self.new_clients: list[str] | None = None
+        self.new_client_rows: list[dict[str, Any]] = []
         if resume and checkpoint_dir and (Path(checkpoint_dir) / "state.json").exists():
             self._restore(checkpoint_dir)
         self.round_offset = self.search.completed_rounds
@@ -93,6 +106,8 @@ class SearchSession:
         extra = state["meta"].get("extra", {})
         self.recorder.load_state_dict(extra.get("recorder", {}))
         self.latency_total = float(extra.get("latency_total", 0.0))
+        if extra.get("new_clients") is not None:
+            self.new_clients = [str(c) for c in extra["new_clients"]]
         self.resumed_from = self.search.completed_rounds
         log(INFO, "Resumed from %s after round %d", directory, self.resumed_from)
 
@@ -101,7 +116,11 @@ class SearchSession:
         if self.checkpoint_dir:
             self.search.save(
                 self.checkpoint_dir,
-                extra={"recorder": self.recorder.state_dict(), "latency_total": self.latency_total},
+                extra={
+                    "recorder": self.recorder.state_dict(),
+                    "latency_total": self.latency_total,
+                    "new_clients": self.new_clients,
+                },
             )
 
     def remaining_rounds(self, num_rounds: int) -> int:
@@ -147,11 +166,42 @@ class SearchSession:
         config.update(dict(extra or {}))
         return config
 
+    def training_clients(self, client_ids: Sequence[str]) -> list[str]:
+        """The clients that take part in training: all but the held-out new ones.
+
+        The first call fixes the new clients (the last ``num_new_clients`` ids
+        in natural order) and, with a profile distribution, every known
+        client's simulated device profile.
+        """
+        ids = natural_sorted([str(c) for c in client_ids])
+        if self.new_clients is None and self.num_new_clients > 0:
+            if self.num_new_clients >= len(ids):
+                raise ValueError(
+                    f"num-new-clients is {self.num_new_clients}, but only {len(ids)} "
+                    "clients are connected: none would be left to train"
+                )
+            self.new_clients = ids[-self.num_new_clients :]
+            log(INFO, "new clients (held out of training): %s", self.new_clients)
+        if self.profile_distribution is not None:
+            for cid in ids:
+                if cid not in self.search.profiles:
+                    self.search.profiles[cid] = self.profile_distribution.profile(cid)
+        held_out = set(self.new_clients or [])
+        return [c for c in ids if c not in held_out]
+
+    def client_extras(self, client_id: str) -> dict[str, Any]:
+        """Per-client settings: the simulated memory budget, when there is one."""
+        profile = self.search.profiles.get(str(client_id))
+        if profile is None or profile.memory_budget_bytes is None:
+            return {}
+        return {m.MEMORY_BUDGET_BYTES: float(profile.memory_budget_bytes)}
+
     def propose_round(self, server_round: int, client_ids: Sequence[str]) -> list[Proposal]:
         """Sample this round's clients and propose each an architecture."""
         self._reset_round()
         t0 = time.perf_counter()
-        clients = self.search.sample_clients(list(client_ids), self.clients_per_round)
+        pool = self.training_clients(client_ids)
+        clients = self.search.sample_clients(pool, self.clients_per_round)
         proposals = [self.search.propose(cid) for cid in clients]
         self.server_seconds += time.perf_counter() - t0
         log(INFO, "round %d: sampled clients %s", self.global_round(server_round), clients)
@@ -186,6 +236,7 @@ class SearchSession:
             "latency-s": outcome.latency + self.server_seconds,
             "bytes-down": int(sum(outcome.bytes_down.values())),
             "bytes-up": int(sum(outcome.bytes_up.values())),
+            "num-overruns": len(outcome.overruns),
         }
 
     def deploy(self, client_id: str):
@@ -230,6 +281,8 @@ class SearchSession:
             "sampled": " ".join(outcome.accepted + sorted(self.failures)),
             "num-accepted": len(outcome.accepted),
             "num-failed": len(self.failures),
+            "num-overruns": len(outcome.overruns),
+            "overruns": " ".join(natural_sorted(outcome.overruns)),
             "failures": "; ".join(f"{c}: {r}" for c, r in sorted(self.failures.items())),
             "train-accuracy-mean": (
                 sum(outcome.accuracies.values()) / len(outcome.accuracies)
@@ -270,6 +323,45 @@ class SearchSession:
             write_results(self.results_dir, self.recorder, self.config_record(), label=self.name)
         self.checkpoint()
         self._reset_round()
+        return row
+
+    def record_new_client_round(
+        self,
+        search_round: int,
+        sampled: Mapping[str, float],
+        deployed: Mapping[str, float],
+        rewards: Mapping[str, float],
+    ) -> dict[str, Any]:
+        """Append one search-only round's row; written to ``new_clients.csv``."""
+        nan = float("nan")
+        mean, std = summarise_accuracies(dict(deployed))
+        new = self.new_clients or []
+        row = {
+            "search-round": int(search_round),
+            "num-new-clients": len(new),
+            "sampled-accuracy-mean": sum(sampled.values()) / len(sampled) if sampled else nan,
+            "accuracy-mean": mean,
+            "accuracy-std": std,
+            "num-evaluated": len(deployed),
+            "reward-mean": sum(rewards.values()) / len(rewards) if rewards else nan,
+            "entropy-mean": sum(self.search.policy(c).entropy() for c in new) / max(1, len(new)),
+        }
+        self.new_client_rows.append(row)
+        log(
+            INFO,
+            "[new clients, search round %d] deployed accuracy %.4f ± %.4f over %d clients",
+            search_round,
+            mean,
+            std,
+            len(deployed),
+        )
+        if self.results_dir:
+            import pandas as pd
+
+            Path(self.results_dir).mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(self.new_client_rows).to_csv(
+                Path(self.results_dir) / "new_clients.csv", index=False
+            )
         return row
 
     # ------------------------------------------------------------------ report
@@ -327,8 +419,28 @@ class SearchSession:
                 "bandwidth-up-bps": cfg.bandwidth_up_bps,
                 "weighting": cfg.weighting,
                 "memory-aware": cfg.memory_aware,
+                "reward-clip": cfg.reward_clip,
                 "seed": cfg.seed,
             },
+            "device-profiles": (
+                None
+                if self.profile_distribution is None
+                else {
+                    "seed": self.profile_distribution.seed,
+                    "speed-factor-range": [
+                        self.profile_distribution.speed_factor_min,
+                        self.profile_distribution.speed_factor_max,
+                    ],
+                    "bandwidth-choices-mbps": list(
+                        self.profile_distribution.bandwidth_choices_mbps
+                    ),
+                    "memory-budget-choices-mb": list(
+                        self.profile_distribution.memory_budget_choices_mb
+                    ),
+                }
+            ),
+            "new-clients": self.new_clients,
+            "new-client-rounds": self.new_client_rounds,
             "resumed-from-round": self.resumed_from,
             "run-config": self.run_config,
         }

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from . import messages as m
+from .profiles import ProfileDistribution
 from .results import summarise_accuracies
 from .search import ClientReply, SearchConfig
 from .session import SearchSession, natural_sorted
@@ -82,6 +83,17 @@ class PerFedRLNAS(Strategy):
         Key of the MetricRecord in replies.
     query_timeout : float (default: 120.0)
         Seconds to wait for new nodes to say who they are.
+    profiles : ProfileDistribution | None (default: None)
+        Simulated devices: each client's seeded speed factor and bandwidths
+        enter its round time, its memory budget is sent as
+        ``memory-budget-bytes`` (a node's own ``memory-budget-mb`` wins).
+        ``None`` (deployment): measured compute and the configured bandwidth.
+    num_new_clients : int (default: 0)
+        Clients held out of training (the last ids in natural order); after
+        the training rounds they get ``new_client_rounds`` search-only rounds.
+    new_client_rounds : int (default: 0)
+        ``R``, search-only rounds for the new clients (see
+        :meth:`search_new_clients`).
     """
 
     def __init__(
@@ -104,6 +116,9 @@ class PerFedRLNAS(Strategy):
         configrecord_key: str = "config",
         metricrecord_key: str = "metrics",
         query_timeout: float = 120.0,
+        profiles: ProfileDistribution | None = None,
+        num_new_clients: int = 0,
+        new_client_rounds: int = 0,
     ) -> None:
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
@@ -121,6 +136,9 @@ class PerFedRLNAS(Strategy):
             resume=resume,
             run_config=run_config,
             name="PerFedRLNAS",
+            profiles=profiles,
+            num_new_clients=num_new_clients,
+            new_client_rounds=new_client_rounds,
         )
         self.family = family
         self.min_available_nodes = int(min_available_nodes)
@@ -133,6 +151,9 @@ class PerFedRLNAS(Strategy):
         self.client_to_node: dict[str, int] = {}
         self._initial_loaded = self.session.resumed_from > 0
         self._sent: dict[int, str] = {}
+        # This round's train message per node: a reply must answer that message.
+        self._sent_messages: dict[int, Message] = {}
+        self._stale: dict[str, str] = {}
 
     @property
     def search(self):
@@ -222,7 +243,7 @@ class PerFedRLNAS(Strategy):
         supernet (for example a pre-trained one); it is ignored on resume.
         """
         remaining = self.session.remaining_rounds(num_rounds)
-        return super().start(
+        result = super().start(
             grid,
             initial_arrays if initial_arrays is not None else ArrayRecord(),
             num_rounds=remaining,
@@ -231,6 +252,87 @@ class PerFedRLNAS(Strategy):
             evaluate_config=evaluate_config,
             evaluate_fn=evaluate_fn,
         )
+        if self.session.num_new_clients > 0 and self.session.new_client_rounds > 0:
+            self.search_new_clients(grid, timeout=timeout, evaluate_config=evaluate_config)
+        return result
+
+    # ------------------------------------------------------------------ new clients
+    def _search_message(self, cid: str, arch, state, search_round: int, extra) -> Message:
+        config = dict(self.session.evaluate_config(extra))
+        config[m.SEARCH_ONLY] = True
+        config["search-round"] = int(search_round)
+        round_no = (self.session.total_rounds or self.search.completed_rounds) + search_round
+        content = RecordDict(
+            {
+                self.arrayrecord_key: m.arrays_to_record(state),
+                self.configrecord_key: m.subnet_config(self.family, arch, round_no, config),
+            }
+        )
+        return Message(
+            content=content, message_type=MessageType.EVALUATE, dst_node_id=self.client_to_node[cid]
+        )
+
+    def _test_accuracies(self, replies: Iterable[Message], expected: set[str]) -> dict[str, float]:
+        accuracies: dict[str, float] = {}
+        for msg in replies:
+            cid = self.node_to_client.get(msg.metadata.src_node_id)
+            if cid is None or cid not in expected:
+                continue
+            if msg.has_error():
+                log(WARNING, "search-only test of client %s failed: %s", cid, msg.error.reason)
+                continue
+            metrics = msg.content.metric_records.get(self.metricrecord_key)
+            acc = None if metrics is None else metrics.get(m.ACCURACY)
+            if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
+                log(WARNING, "search-only accuracy of client %s is %r: ignored", cid, acc)
+                continue
+            accuracies[cid] = float(acc)
+        return accuracies
+
+    def search_new_clients(
+        self,
+        grid: Grid,
+        num_rounds: int | None = None,
+        timeout: float = 3600,
+        evaluate_config: ConfigRecord | None = None,
+    ) -> list[dict[str, Any]]:
+        """Search-only rounds for the new (held-out) clients; one row per round.
+
+        Each round every new client is sent the subnet of an architecture
+        sampled from its policy in an evaluate-type message flagged
+        ``search-only``; it tests it (after BatchNorm recalibration, as in
+        evaluation), never trains and uploads no weights. The reward is the
+        accuracy minus the new clients' running mean accuracy (eq. 8 without
+        the time term and without a merge) and updates the policy (eq. 6).
+        Then each new client tests its argmax subnet; the mean is the round's
+        ``accuracy-mean`` (``new_clients.csv`` in ``results_dir``). The
+        supernet is not changed.
+        """
+        rounds = self.session.new_client_rounds if num_rounds is None else int(num_rounds)
+        self.session.training_clients(self._identify(grid))  # fixes the new clients
+        new = [c for c in self.session.new_clients or [] if c in self.client_to_node]
+        if not new or rounds <= 0:
+            return []
+        extra = evaluate_config if evaluate_config is not None else ConfigRecord()
+        rows = []
+        for r in range(1, rounds + 1):
+            messages = []
+            for cid in new:
+                proposal = self.search.propose_search_only(cid)
+                messages.append(self._search_message(cid, proposal.arch, proposal.state, r, extra))
+            sampled = self._test_accuracies(
+                grid.send_and_receive(messages, timeout=timeout), set(new)
+            )
+            rewards = self.search.incorporate_search_only(sampled)
+            messages = [
+                self._search_message(cid, *self.search.deploy(cid), r, extra) for cid in new
+            ]
+            deployed = self._test_accuracies(
+                grid.send_and_receive(messages, timeout=timeout), set(new)
+            )
+            rows.append(self.session.record_new_client_round(r, sampled, deployed, rewards))
+        self.session.checkpoint()
+        return rows
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -242,9 +344,10 @@ class PerFedRLNAS(Strategy):
                 self.search.supernet = self.search._checked_supernet(m.record_to_arrays(arrays))
         clients = self._identify(grid)
         proposals = self.session.propose_round(server_round, clients)
-        extra = self.session.client_config(config)
+        extra = self.session.client_config(config)  # per client: + client_extras
         round_no = self.session.global_round(server_round)
         self._sent = {}
+        self._sent_messages = {}
         messages = []
         for proposal in proposals:
             node_id = self.client_to_node[proposal.client_id]
@@ -252,14 +355,17 @@ class PerFedRLNAS(Strategy):
                 {
                     self.arrayrecord_key: m.arrays_to_record(proposal.state),
                     self.configrecord_key: m.subnet_config(
-                        self.family, proposal.arch, round_no, extra
+                        self.family,
+                        proposal.arch,
+                        round_no,
+                        {**extra, **self.session.client_extras(proposal.client_id)},
                     ),
                 }
             )
-            messages.append(
-                Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
-            )
+            message = Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
+            messages.append(message)
             self._sent[node_id] = proposal.client_id
+            self._sent_messages[node_id] = message
         return messages
 
     def _parse(self, msg: Message) -> ClientReply | None:
@@ -268,12 +374,34 @@ class PerFedRLNAS(Strategy):
         if cid is None:
             log(WARNING, "reply from node %s, which was sent nothing this round: ignored", node_id)
             return None
+        # The grid stamps every sent message with an id (on push); a reply must
+        # answer this round's message to that node, not an earlier one (replay).
+        sent = self._sent_messages.get(node_id)
+        want = "" if sent is None else sent.metadata.message_id
+        got = msg.metadata.reply_to_message_id
+        if want and got != want:
+            log(
+                WARNING,
+                "client %s: reply-to-message-id is %r, not this round's message %r "
+                "(a stale or replayed reply): ignored",
+                cid,
+                got,
+                want,
+            )
+            self._stale[cid] = f"rejected: reply-to-message-id is {got!r}, not {want!r}"
+            return None
         if msg.has_error():
             self.session.record_failure(cid, f"client error: {msg.error.reason}")
             return None
         content = msg.content
         config = content.config_records.get(self.configrecord_key)
         arch_json = None if config is None else config.get(m.ARCH)
+        echoed = None if config is None else config.get(m.CLIENT_ID)
+        if echoed is not None and str(echoed) != cid:
+            self.session.record_failure(
+                cid, f"rejected: client-id is {echoed!r}, but the reply came from client {cid!r}"
+            )
+            return None
         try:
             return m.reply_from_records(
                 cid,
@@ -290,9 +418,15 @@ class PerFedRLNAS(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Reward, update the policies and merge the returned subnets."""
+        self._stale: dict[str, str] = {}
         parsed = [r for r in (self._parse(msg) for msg in replies) if r is not None]
+        answered = {r.client_id for r in parsed}
+        for cid, reason in self._stale.items():
+            if cid not in answered and cid not in self.session.failures:
+                self.session.record_failure(cid, reason)
         self.session.incorporate(server_round, parsed)
         self._sent = {}
+        self._sent_messages = {}
         return m.arrays_to_record(self.search.supernet), MetricRecord(self.session.train_metrics())
 
     def configure_evaluate(
@@ -301,7 +435,8 @@ class PerFedRLNAS(Strategy):
         """Send every client (or a fraction) the subnet of its argmax architecture."""
         if self.fraction_evaluate == 0.0 or not self.session.is_evaluation_round(server_round):
             return []
-        clients = self._identify(grid)
+        # New (held-out) clients are evaluated in their search-only rounds.
+        clients = self.session.training_clients(self._identify(grid))
         if self.fraction_evaluate < 1.0:
             num = max(1, int(round(len(clients) * self.fraction_evaluate)))
             clients = self.search.sample_clients(clients, num)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from uuid import uuid4
 
 import pytest
 import torch
@@ -51,6 +52,9 @@ class LocalGrid:
     def send_and_receive(self, messages, *, timeout=None):
         replies = []
         for msg in messages:
+            # As Flower's grids do on push: every sent message gets an id, which
+            # the reply's reply_to_message_id then names.
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
             self.sent.append(msg)
             kind = msg.metadata.message_type.split(".")[0]
             assert kind in (MessageType.TRAIN, MessageType.EVALUATE, MessageType.QUERY)

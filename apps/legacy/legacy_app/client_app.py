@@ -13,7 +13,12 @@ from flwr_pfedrlnas.runconfig import load_data
 def client_fn(context: Context) -> Client:
     """This node's client: its stable id and its (cached) data loaders."""
     train_loader, test_loader = load_data(context, int(context.run_config["batch-size"]))
-    return SubnetClient(client_id_from_context(context), train_loader, test_loader).to_client()
+    return SubnetClient(
+        client_id_from_context(context),
+        train_loader,
+        test_loader,
+        node_config=dict(context.node_config),
+    ).to_client()
 
 
 app = ClientApp(client_fn=client_fn)

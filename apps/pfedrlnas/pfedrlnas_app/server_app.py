@@ -6,7 +6,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_pfedrlnas.baselines import FedAvgFixedArch
-from flwr_pfedrlnas.runconfig import family_from_run_config, output_dir, strategy_kwargs
+from flwr_pfedrlnas.runconfig import (
+    family_from_run_config,
+    message_api_kwargs,
+    output_dir,
+    strategy_kwargs,
+)
 from flwr_pfedrlnas.strategy import PerFedRLNAS
 
 app = ServerApp()
@@ -36,6 +41,9 @@ def main(grid: Grid, context: Context) -> None:
     if method != "pfedrlnas":
         raise ValueError(f"method is {method!r}; choose 'pfedrlnas' or 'fedavg-largest'")
     strategy = PerFedRLNAS(
-        family, min_available_nodes=int(cfg["num-clients"]), **strategy_kwargs(cfg)
+        family,
+        min_available_nodes=int(cfg["num-clients"]),
+        **strategy_kwargs(cfg),
+        **message_api_kwargs(cfg),
     )
     strategy.start(grid, num_rounds=num_rounds)
