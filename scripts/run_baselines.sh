@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python}
 out="$PWD/results/baselines"
 mkdir -p "$out"
 # The same settings for every method.
-COMMON="num-server-rounds=3 num-clients=10 clients-per-round=4 local-epochs=1 lr=0.05 batch-size=32 seed=0 dirichlet-alpha=0.5"
+COMMON="num-server-rounds=8 num-clients=10 clients-per-round=4 local-epochs=1 lr=0.05 batch-size=32 seed=0 dirichlet-alpha=0.5"
 FEDERATION="num-supernodes=10 client-resources-num-cpus=1"
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
@@ -45,8 +45,8 @@ for method in "${methods[@]}"; do
   if [ "$method" = pfedrlnas ]; then
     app=apps/pfedrlnas; extra="method='pfedrlnas'"
   else
-    # finetune-epochs=2 (not the default 10) keeps the final fine-tuning of 10 clients short on CPU.
-    app=apps/baselines; extra="method='$method' finetune-epochs=2 head-epochs=1"
+    # finetune-epochs=5 (not the default 10) keeps the final fine-tuning of 10 clients short on CPU.
+    app=apps/baselines; extra="method='$method' finetune-epochs=5 head-epochs=1"
   fi
   start=$(date +%s)
   "$FLWR_BIN" run "$app" --stream --federation-config "$FEDERATION" \

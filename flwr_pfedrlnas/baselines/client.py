@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from .. import messages as m
 from ..client import client_id_from_context, identify
-from ..training import evaluate
+from ..training import evaluate, recalibrate_batchnorm
 from .models import build_model, is_head_key
 
 __all__ = [
@@ -290,6 +290,9 @@ def baseline_evaluate(
         train_parts(model, train_loader, finetune, lr, lambda k: is_head_key(model_name, k), dev)
     else:
         finetune = 0
+    batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
+    if batches != 0:
+        recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, dev)
     loss, accuracy, n = evaluate(model, test_loader, device=dev)
     content = RecordDict(
         {

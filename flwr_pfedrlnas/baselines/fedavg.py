@@ -43,6 +43,9 @@ class FedAvgFixedArch(FedAvg):
         Client training settings.
     bandwidth_bps : float (default: 100e6)
         Link speed each way for the simulated round time.
+    bn_recalibration_batches : int (default: 0)
+        Clients re-estimate BatchNorm statistics on this many local training
+        batches before testing (-1: all, 0: off, plain FedAvg).
     seed : int (default: 0)
         Seed of client sampling and of the initial weights.
     results_dir : str | None (default: None)
@@ -61,6 +64,7 @@ class FedAvgFixedArch(FedAvg):
         lr: float = 0.05,
         batch_size: int = 32,
         bandwidth_bps: float = DEFAULT_BANDWIDTH_BPS,
+        bn_recalibration_batches: int = 0,
         seed: int = 0,
         results_dir: str | None = None,
         run_config: dict[str, Any] | None = None,
@@ -73,6 +77,7 @@ class FedAvgFixedArch(FedAvg):
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.bandwidth_bps = float(bandwidth_bps)
+        self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
         self.results_dir = results_dir
@@ -109,7 +114,12 @@ class FedAvgFixedArch(FedAvg):
         )
 
     def _config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
-        extra = {m.LOCAL_EPOCHS: self.local_epochs, m.LR: self.lr, m.BATCH_SIZE: self.batch_size}
+        extra = {
+            m.LOCAL_EPOCHS: self.local_epochs,
+            m.LR: self.lr,
+            m.BATCH_SIZE: self.batch_size,
+            m.BN_RECALIBRATION_BATCHES: self.bn_recalibration_batches,
+        }
         extra.update(dict(config))
         return m.subnet_config(self.family, self.arch, server_round, extra)
 

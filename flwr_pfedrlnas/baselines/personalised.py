@@ -61,6 +61,10 @@ class PersonalisedFedAvg(FedAvg):
     local_epochs, lr, batch_size : int, float, int (default: 1, 0.05, 32)
     head_epochs : int (default: 1)
         FedRep's head epochs before the body epochs.
+    bn_recalibration_batches : int (default: 0)
+        Before its personalised test a client re-estimates BatchNorm statistics
+        on this many local training batches (-1: all, 0: off), the protocol
+        PerFedRLNAS's clients follow; weights untouched.
     finetune_epochs : int (default: 10)
         Local fine-tuning epochs before the final test (FedAvg+FT, FedBABU).
     evaluate_every : int (default: 1)
@@ -94,6 +98,7 @@ class PersonalisedFedAvg(FedAvg):
         head_epochs: int = 1,
         finetune_epochs: int = 10,
         evaluate_every: int = 1,
+        bn_recalibration_batches: int = 0,
         bandwidth_bps: float = DEFAULT_BANDWIDTH_BPS,
         seed: int = 0,
         results_dir: str | None = None,
@@ -113,6 +118,7 @@ class PersonalisedFedAvg(FedAvg):
         if evaluate_every < 1:
             raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every}")
         self.evaluate_every = int(evaluate_every)
+        self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.bandwidth_bps = float(bandwidth_bps)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
@@ -211,6 +217,7 @@ class PersonalisedFedAvg(FedAvg):
                 bc.HEAD_EPOCHS: self.head_epochs,
                 bc.FINETUNE_EPOCHS: self.finetune_epochs if finetune else 0,
                 bc.CLIENT_STATE_DIR: self.client_state_dir or "",
+                m.BN_RECALIBRATION_BATCHES: self.bn_recalibration_batches,
             }
         )
 

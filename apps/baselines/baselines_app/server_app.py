@@ -46,6 +46,7 @@ def main(grid: Grid, context: Context) -> None:
         head_epochs=int(cfg["head-epochs"]),
         finetune_epochs=int(cfg["finetune-epochs"]),
         evaluate_every=int(cfg["evaluate-every"]),
+        bn_recalibration_batches=int(cfg["bn-recalibration-batches"]),
         bandwidth_bps=float(cfg["bandwidth-mbps"]) * 1e6,
         seed=int(cfg["seed"]),
         results_dir=results_dir,
