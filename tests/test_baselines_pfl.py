@@ -393,3 +393,10 @@ def test_two_round_simulation_of_every_method(tmp_path):
         assert (tmp_path / method / "ckpt" / "baseline.pt").exists(), method
     finetuned = pd.read_csv(tmp_path / "fedbabu" / "results" / "rounds.csv")["finetune-epochs"]
     assert list(finetuned) == [0, 2]
+
+
+@pytest.mark.parametrize("method", ["fedavg-ft", "local", "fedrep", "fedbabu"])
+def test_baselines_ask_for_the_same_batchnorm_protocol(method):
+    strategy = make_baseline(method, bn_recalibration_batches=-1)
+    assert strategy.client_config(1)["bn-recalibration-batches"] == -1
+    assert make_baseline(method).client_config(1)["bn-recalibration-batches"] == 0
