@@ -13,6 +13,7 @@ __all__ = [
     "TrainResult",
     "evaluate",
     "recalibrate_batchnorm",
+    "run_epochs",
     "train",
     "training_peak_memory",
 ]
@@ -83,6 +84,31 @@ def training_peak_memory(
                 b.copy_(buffers[name])
 
 
+def run_epochs(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    device: str | torch.device = "cpu",
+) -> tuple[float, int]:
+    """Cross-entropy SGD steps over ``loader`` for ``epochs`` epochs.
+
+    Leaves the modules' train/eval modes as the caller set them. Returns the
+    summed loss (weighted by batch size) and the number of examples seen.
+    """
+    total_loss, total_n = 0.0, 0
+    for _ in range(epochs):
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * labels.shape[0]
+            total_n += int(labels.shape[0])
+    return total_loss, total_n
+
+
 def train(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -112,17 +138,8 @@ def train(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     model.train()
-    total_loss, total_n = 0.0, 0
     start = time.perf_counter()
-    for _ in range(epochs):
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * labels.shape[0]
-            total_n += int(labels.shape[0])
+    total_loss, total_n = run_epochs(model, loader, optimizer, epochs, device)
     seconds = time.perf_counter() - start
     num_examples = total_n // max(epochs, 1)
     return TrainResult(

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from .. import messages as m
 from ..client import client_id_from_context, identify
-from ..training import evaluate, recalibrate_batchnorm
+from ..training import evaluate, recalibrate_batchnorm, run_epochs
 from .models import build_model, is_head_key
 
 __all__ = [
@@ -111,16 +111,7 @@ def train_parts(
             own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
             if own and not any(trainable(k) for k in own):
                 module.eval()
-    total, n = 0.0, 0
-    for _ in range(epochs):
-        for images, labels in loader:
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * labels.shape[0]
-            n += int(labels.shape[0])
+    total, n = run_epochs(model, loader, optimizer, epochs, device)
     for p in model.parameters():
         p.requires_grad_(True)
     return (total / n if n else float("nan")), n
