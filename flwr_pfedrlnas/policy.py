@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -109,6 +110,23 @@ class ArchitecturePolicy:
     def update(self, arch: Architecture, reward: float) -> dict[str, np.ndarray]:
         """One ascent step on ``reward * log p(arch)``; returns the gradient used."""
         grads = self.gradient(arch, reward)
+        self.step(grads)
+        return grads
+
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
+        """One ascent step along ``grads`` (per dimension, the logits' shape).
+
+        Nothing changes when the step would make a logit non-finite
+        (``FloatingPointError``) or a gradient is missing or misshaped
+        (``ValueError`` naming the dimension).
+        """
+        for name, a in self.alpha.items():
+            g = grads.get(name)
+            if g is None or np.shape(g) != a.shape:
+                raise ValueError(
+                    f"gradient of dimension {name!r} is {g!r}, expected shape {a.shape}"
+                )
+        grads = {n: np.asarray(grads[n], dtype=np.float64) for n in self.alpha}
         self.steps += 1
         if self.optimizer == "sgd":
             new_alpha = {n: self.alpha[n] + self.lr * g for n, g in grads.items()}
@@ -127,7 +145,6 @@ class ArchitecturePolicy:
             self.steps -= 1
             raise FloatingPointError("policy update produced non-finite logits")
         self.alpha, self._m, self._v = new_alpha, new_m, new_v
-        return grads
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -182,6 +182,7 @@ class _Edge(nn.ModuleDict):
     def __init__(self, names: Sequence[str], channels: int, stride: int, affine: bool) -> None:
         super().__init__()
         self.num_terms = len(names)
+        self.op_names = [str(n) for n in names]
         for name in names:
             op = _make_op(name, channels, stride, affine)
             if op is not None:
@@ -192,9 +193,13 @@ class _Edge(nn.ModuleDict):
         """Whether the edge contributes nothing (only 'none')."""
         return len(self) == 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = sum(op(x) for op in self.values())
-        return out if self.num_terms == 1 else out / self.num_terms
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        if weights is None:
+            out = sum(op(x) for op in self.values())
+            return out if self.num_terms == 1 else out / self.num_terms
+        # DARTS's MixedOp: sum_o w_o * o(x), 'none' a zero term (weights follow op_names).
+        terms = [weights[i] * self[name](x) for i, name in enumerate(self.op_names) if name in self]
+        return sum(terms)
 
 
 class _Cell(nn.Module):
@@ -247,7 +252,9 @@ class _Cell(nn.Module):
             for ops, i in zip(edge_ops, inputs)
         )
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         height, width = s1.shape[-2:]
         if self.reduction:
             height, width = (height + 1) // 2, (width + 1) // 2
@@ -268,7 +275,8 @@ class _Cell(nn.Module):
                 edge = self.edges[offset + j]
                 if edge.is_zero:
                     continue
-                out = edge(h if h is not None else zeros())
+                x = h if h is not None else zeros()
+                out = edge(x) if weights is None else edge(x, weights[offset + j])
                 node = out if node is None else node + out
             offset += len(states)
             states.append(node)
@@ -289,10 +297,17 @@ class _DARTSNetwork(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_out, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weights: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits; ``weights`` = {"normal": [edges, ops], "reduce": [edges, ops]} mixes
+        every edge's operations (DARTS's ``MixedOp``; rows follow the ``operations``
+        order, 'none' included); ``None``: the uniform mean (supernet) or the one
+        chosen operation (subnet)."""
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
+            w = None if weights is None else weights["reduce" if cell.reduction else "normal"]
+            s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(self.pool(s1).flatten(1))
 
 

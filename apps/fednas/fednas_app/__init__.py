@@ -1,0 +1,1 @@
+"""Federated-NAS baselines Flower app (FedNAS, FedRLNAS, SPIDER, FedorAS)."""

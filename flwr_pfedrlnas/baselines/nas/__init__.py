@@ -1,0 +1,48 @@
+"""Federated-NAS baselines of the paper's Table 3 on the DARTS space.
+
+FedNAS, FedRLNAS, SPIDER and FedorAS share one round loop
+(:class:`FederatedNASBaseline`: identity, seeded sampling, reply checks,
+bytes and simulated latency, personalised evaluation, results files) and one
+``ClientApp`` (:func:`make_nas_client_app`); ``apps/fednas`` runs them.
+"""
+
+from typing import Any
+
+from ...supernets import SupernetFamily
+from .base import FederatedNASBaseline, content_bytes, weighted_mean
+from .client import handle, make_nas_client_app, register_step
+from .darts_mixed import MixedDARTS, derive_architecture, onehot_weights, zero_alphas
+from .fednas import FedNAS
+from .fedoras import FedorAS
+from .fedrlnas import FedRLNAS
+from .spider import SPIDER
+
+__all__ = [
+    "NAS_BASELINES",
+    "SPIDER",
+    "FedNAS",
+    "FedRLNAS",
+    "FederatedNASBaseline",
+    "FedorAS",
+    "MixedDARTS",
+    "content_bytes",
+    "derive_architecture",
+    "handle",
+    "make_nas_baseline",
+    "make_nas_client_app",
+    "onehot_weights",
+    "register_step",
+    "weighted_mean",
+    "zero_alphas",
+]
+
+NAS_BASELINES: dict[str, type[FederatedNASBaseline]] = {
+    cls.method: cls for cls in (FedNAS, FedRLNAS, SPIDER, FedorAS)
+}
+
+
+def make_nas_baseline(method: str, family: SupernetFamily, **kwargs: Any) -> FederatedNASBaseline:
+    """The strategy of ``method`` ("fednas", "fedrlnas", "spider", "fedoras") on ``family``."""
+    if method not in NAS_BASELINES:
+        raise ValueError(f"unknown method {method!r}; choose one of {sorted(NAS_BASELINES)}")
+    return NAS_BASELINES[method](family, **kwargs)

@@ -1,0 +1,103 @@
+"""Client side of the federated-NAS baselines: one ClientApp, steps chosen by the message.
+
+Every message names its step in ``config["nas-step"]``; the step's handler
+gets the message, the node's ``Context``, its train and test loaders and the
+torch device, and returns the reply. ``"subnet"`` (train or test one subnet,
+the same handlers as PerFedRLNAS's clients) is built in; each method module
+registers its own steps with :func:`register_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+from torch.utils.data import DataLoader
+
+from ... import messages as m
+from ...client import LoadData, evaluate_subnet, identify, train_subnet
+from .base import NAS_STEP
+
+__all__ = ["StepHandler", "device_of", "make_nas_client_app", "register_step", "steps"]
+
+StepHandler = Callable[[Message, Context, DataLoader, DataLoader, torch.device], Message]
+
+_STEPS: dict[tuple[str, str], StepHandler] = {}
+
+
+def register_step(kind: str, step: str) -> Callable[[StepHandler], StepHandler]:
+    """Decorator: ``fn`` handles messages of ``kind`` ("train"/"evaluate") and ``step``."""
+    if kind not in ("train", "evaluate"):
+        raise ValueError(f"kind must be 'train' or 'evaluate', got {kind!r}")
+
+    def deco(fn: StepHandler) -> StepHandler:
+        _STEPS[(kind, step)] = fn
+        return fn
+
+    return deco
+
+
+def steps() -> dict[tuple[str, str], StepHandler]:
+    """The registered ``(kind, step) -> handler`` table (a copy)."""
+    return dict(_STEPS)
+
+
+def device_of(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@register_step("train", "subnet")
+def _train_subnet(msg, context, train_loader, test_loader, device) -> Message:
+    return train_subnet(msg, context, train_loader, test_loader, str(device))
+
+
+@register_step("evaluate", "subnet")
+def _evaluate_subnet(msg, context, train_loader, test_loader, device) -> Message:
+    return evaluate_subnet(msg, context, test_loader, str(device), train_loader=train_loader)
+
+
+def handle(
+    kind: str, msg: Message, context: Context, load_data: LoadData, device: str | None = None
+) -> Message:
+    """Run the handler of the message's step; ``ValueError`` naming an unknown step."""
+    config = msg.content.config_records.get("config", ConfigRecord())
+    step = str(config.get(NAS_STEP, "subnet"))
+    handler = _STEPS.get((kind, step))
+    if handler is None:
+        known = sorted(s for k, s in _STEPS if k == kind)
+        raise ValueError(f"{NAS_STEP} {step!r} unknown for {kind} messages; known: {known}")
+    train_loader, test_loader = load_data(context, int(config.get(m.BATCH_SIZE, 32)))
+    return handler(msg, context, train_loader, test_loader, device_of(device))
+
+
+def make_nas_client_app(load_data: LoadData, device: str | None = None) -> ClientApp:
+    """A ``ClientApp`` serving FedNAS, FedRLNAS, SPIDER and FedorAS.
+
+    Parameters
+    ----------
+    load_data : Callable[[Context, int], tuple[DataLoader, DataLoader]]
+        This node's train and test loaders for a batch size (should cache).
+    device : str | None (default: None)
+        Torch device; CUDA when available if ``None``.
+    """
+    from . import fednas, fedoras, fedrlnas, spider  # noqa: F401  (register their steps)
+
+    app = ClientApp()
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        return handle("train", msg, context, load_data, device)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        return handle("evaluate", msg, context, load_data, device)
+
+    @app.query()
+    def _query(msg: Message, context: Context) -> Message:
+        return identify(msg, context)
+
+    return app

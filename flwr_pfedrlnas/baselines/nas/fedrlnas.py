@@ -1,0 +1,162 @@
+"""FedRLNAS: one global architecture policy for all clients, learned by REINFORCE.
+
+The method has three phases over one weight-sharing supernet:
+
+- warm-up (``warmup_rounds``): every sampled client trains a subnet drawn
+  uniformly from the space; the supernet learns, the policy does not move;
+- search (``search_rounds``): every sampled client trains a subnet drawn from
+  the ONE policy all clients share; the server turns each client's accuracy
+  into a reward against a moving-average baseline, ``r_i = acc_i - b``, takes
+  one policy step along the mean over the round's clients of
+  ``r_i * (onehot(a_i) - softmax(alpha))`` and then moves the baseline,
+  ``b <- decay * b + (1 - decay) * mean_i acc_i`` (the first round starts it
+  at that round's mean);
+- train: every sampled client trains the policy's most probable architecture,
+  averaged as FedAvg.
+
+Replies are merged into the supernet with the same count-normalised masked
+average as PerFedRLNAS, and every client tests the global most probable
+architecture (one architecture for everyone: the method does not
+personalise). Unlike PerFedRLNAS there is no per-client policy and no time
+term in the reward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import RecordDict
+
+from ... import messages as m
+from ...aggregation import check_subnet_state, extract_subnet, merge_subnets
+from ...policy import ArchitecturePolicy
+from ...search_space import Architecture, architecture_from_json, architecture_to_json
+from .base import FederatedNASBaseline
+
+__all__ = ["FedRLNAS"]
+
+
+class FedRLNAS(FederatedNASBaseline):
+    """FedRLNAS on any supernet family (the paper's Table 3: ``darts``).
+
+    Parameters
+    ----------
+    family : SupernetFamily
+        The search space and its supernet.
+    warmup_rounds, search_rounds : int | None (default: None)
+        Phase lengths; ``None``: 20 % and 50 % of the run's rounds (at least
+        1 each); the rest trains the final architecture.
+    policy_lr : float (default: 0.5)
+        Learning rate of the policy's optimiser (as PerFedRLNAS's policies).
+    policy_optimizer : {"adam", "sgd"} (default: "adam")
+    baseline_decay : float (default: 0.9)
+        Decay of the moving-average reward baseline.
+    **kwargs
+        The base's settings (:class:`FederatedNASBaseline`).
+    """
+
+    method = "fedrlnas"
+    label = "FedRLNAS"
+
+    def __init__(
+        self,
+        family,
+        warmup_rounds: int | None = None,
+        search_rounds: int | None = None,
+        policy_lr: float = 0.5,
+        policy_optimizer: str = "adam",
+        baseline_decay: float = 0.9,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(family, **kwargs)
+        for name, value in (("warmup_rounds", warmup_rounds), ("search_rounds", search_rounds)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0.0 <= baseline_decay < 1.0:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay}")
+        self._warmup, self._search = warmup_rounds, search_rounds
+        self.policy = ArchitecturePolicy(
+            family.search_space, lr=policy_lr, optimizer=policy_optimizer
+        )
+        self.baseline_decay = float(baseline_decay)
+        self.baseline: float | None = None
+        self._sent: dict[str, Architecture] = {}
+
+    @property
+    def warmup_rounds(self) -> int:
+        return self._warmup if self._warmup is not None else max(1, round(0.2 * self.num_rounds))
+
+    @property
+    def search_rounds(self) -> int:
+        return self._search if self._search is not None else max(1, round(0.5 * self.num_rounds))
+
+    def phase(self, server_round: int) -> str:
+        if server_round <= self.warmup_rounds:
+            return "warmup"
+        if server_round <= self.warmup_rounds + self.search_rounds:
+            return "search"
+        return "train"
+
+    # ------------------------------------------------------------------ train
+    def train_content(self, server_round: int, client_id: str) -> RecordDict:
+        phase = self.phase(server_round)
+        if phase == "warmup":
+            arch = self.family.search_space.sample(self.rng)
+        elif phase == "search":
+            arch = self.policy.sample(self.rng)
+        else:
+            arch = self.policy.argmax()
+        self._sent[client_id] = arch
+        state = extract_subnet(self.family, self.supernet, arch)
+        return self.subnet_content(server_round, arch, state)
+
+    def check_train_reply(self, server_round: int, client_id: str, content: RecordDict) -> None:
+        self.check_metrics(content)
+        arch = self._sent[client_id]
+        config = content.config_records.get("config")
+        if config is not None and m.ARCH in config:
+            echoed = architecture_from_json(str(config[m.ARCH]), self.family.search_space)
+            if echoed != arch:
+                raise ValueError(f"arch is {config[m.ARCH]!r}, not the architecture sent")
+        check_subnet_state(self.family, arch, self.reply_arrays(content), self.supernet)
+
+    def aggregate(self, server_round: int, replies: dict[str, RecordDict]) -> dict[str, Any]:
+        metrics = {cid: c.metric_records["metrics"] for cid, c in replies.items()}
+        updates = [
+            (self._sent[cid], self.reply_arrays(c), float(metrics[cid][m.NUM_EXAMPLES]))
+            for cid, c in replies.items()
+        ]
+        self.supernet = merge_subnets(self.family, self.supernet, updates)
+        extra: dict[str, Any] = {}
+        if self.phase(server_round) == "search":
+            accs = {cid: float(metrics[cid][m.ACCURACY]) for cid in replies}
+            rewards = self.policy_step({cid: self._sent[cid] for cid in replies}, accs)
+            extra["reward-mean"] = float(np.mean(list(rewards.values())))
+        extra["baseline"] = float("nan") if self.baseline is None else self.baseline
+        extra["policy-entropy"] = self.policy.entropy()
+        extra["arch"] = architecture_to_json(self.policy.argmax())
+        return extra
+
+    def policy_step(
+        self, archs: dict[str, Architecture], accuracies: dict[str, float]
+    ) -> dict[str, float]:
+        """One REINFORCE step of the shared policy from a round's clients; their rewards."""
+        mean_acc = float(np.mean(list(accuracies.values())))
+        baseline = mean_acc if self.baseline is None else self.baseline
+        rewards = {cid: accuracies[cid] - baseline for cid in sorted(accuracies)}
+        grads = [self.policy.gradient(archs[cid], r) for cid, r in rewards.items()]
+        mean_grad = {d: np.mean([g[d] for g in grads], axis=0) for d in self.policy.alpha}
+        self.policy.step(mean_grad)
+        self.baseline = self.baseline_decay * baseline + (1 - self.baseline_decay) * mean_acc
+        return rewards
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate_content(self, server_round: int, client_id: str) -> RecordDict:
+        arch = self.policy.argmax()
+        return self.subnet_content(
+            server_round, arch, extract_subnet(self.family, self.supernet, arch)
+        )
+
+    def client_row(self, client_id: str) -> dict[str, Any]:
+        return {"arch": architecture_to_json(self.policy.argmax())}
