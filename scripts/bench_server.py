@@ -1,0 +1,866 @@
+"""Server-side cost of PerFedRLNAS against Flower's FedAvg aggregation, and bytes per round.
+
+Measures, in one run and as ratios, the server time of one PerFedRLNAS round
+(client sampling, per-client architecture sampling and subnet extraction, then
+reply validation, rewards, policy updates and the count-normalised masked merge)
+against Flower's own FedAvg aggregation
+(``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords``) of the same
+number of full-size replies, for every supernet family at the paper size (the
+family defaults) and at the CPU preset, at 5 to 100 clients per round. Replies
+are synthetic (the sent subnet plus small seeded noise, seeded metrics); building
+them is not timed. Also writes the bytes each method moves per client and round,
+from the ``nbytes`` of the arrays sent each way::
+
+    python scripts/bench_server.py                 # results/efficiency/
+    python scripts/bench_server.py --quick --out /tmp/bench   # smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import gc
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+import flwr_pfedrlnas.search as search_mod
+from flwr_pfedrlnas import messages as m
+from flwr_pfedrlnas.aggregation import extract_subnet, state_num_bytes
+from flwr_pfedrlnas.search import ClientReply, PerFedRLNASSearch, SearchConfig
+from flwr_pfedrlnas.supernets import SupernetFamily, cpu_preset, get_supernet
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "results" / "efficiency"
+FAMILIES = ("mobilenetv3", "nasvit", "darts")
+CLIENTS_PER_ROUND = (5, 10, 20, 50, 100)
+NUM_CLIENTS = 100  # K: clients holding a policy
+BYTES_CLIENTS_PER_ROUND = 5
+SEED = 0
+NOISE_STD = 1e-3
+NOISE_SLACK = 4096  # random offsets into the shared noise pool
+WEIGHT_KEY = m.NUM_EXAMPLES
+
+SERVER_TIME_COLUMNS = [
+    "family",
+    "size",
+    "clients_per_round",
+    "num_clients",
+    "rounds_timed",
+    "sample_clients_s",
+    "propose_s",
+    "validate_s",
+    "reward_policy_s",
+    "merge_s",
+    "shape_derivation_s",
+    "pfedrlnas_s",
+    "decode_s",
+    "fedavg_largest_s",
+    "fedavg_supernet_s",
+    "ratio_vs_fedavg_largest",
+    "ratio_vs_fedavg_supernet",
+    "ratio_incl_decode_vs_fedavg_largest",
+    "pfedrlnas_wall_s",
+    "fedavg_largest_wall_s",
+    "ratio_wall_vs_fedavg_largest",
+    "mean_subnet_mb",
+    "largest_subnet_mb",
+    "supernet_mb",
+]
+POSITIVE_COLUMNS = [
+    "propose_s",
+    "validate_s",
+    "merge_s",
+    "pfedrlnas_s",
+    "decode_s",
+    "fedavg_largest_s",
+    "fedavg_supernet_s",
+    "ratio_vs_fedavg_largest",
+    "ratio_vs_fedavg_supernet",
+    "ratio_incl_decode_vs_fedavg_largest",
+    "ratio_wall_vs_fedavg_largest",
+]
+BYTES_COLUMNS = [
+    "family",
+    "size",
+    "method",
+    "down_bytes_per_client",
+    "up_bytes_per_client",
+    "bytes_per_client_round",
+    "clients_per_round",
+    "bytes_per_round",
+    "ratio_vs_fedavg_largest",
+]
+
+
+# --------------------------------------------------------------------------- setup
+@dataclass
+class Setting:
+    """One benchmark configuration."""
+
+    sizes: tuple[str, ...]
+    clients_per_round: tuple[int, ...]
+    num_clients: int
+    max_reps: int
+    client_round_budget: int  # reps at a point = clamp(budget // N, 1, max_reps)
+    warmup: bool = True
+    quick: bool = False
+
+
+FULL = Setting(
+    sizes=("paper", "cpu"),
+    clients_per_round=CLIENTS_PER_ROUND,
+    num_clients=NUM_CLIENTS,
+    max_reps=3,
+    client_round_budget=40,
+)
+QUICK = Setting(
+    sizes=("cpu",),
+    clients_per_round=(1, 2),
+    num_clients=2,
+    max_reps=1,
+    client_round_budget=2,
+    warmup=False,
+    quick=True,
+)
+
+
+def family_knobs(name: str, size: str) -> dict[str, Any]:
+    """Paper size = the family defaults; CPU = :func:`cpu_preset`."""
+    return {} if size == "paper" else cpu_preset(name)
+
+
+def reps_at(setting: Setting, n: int) -> int:
+    return max(1, min(setting.max_reps, setting.client_round_budget // n))
+
+
+# --------------------------------------------------------------------------- timers
+@dataclass
+class Clock:
+    """Seconds accumulated per part while a round runs."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, part: str, seconds: float) -> None:
+        self.parts[part] = self.parts.get(part, 0.0) + seconds
+
+
+# Server CPU seconds (this process): robust to other jobs sharing the machine, and the
+# work timed here is single-threaded. Wall seconds of the totals are kept beside them.
+cpu_now = time.process_time
+wall_now = time.perf_counter
+
+
+def _timed(fn: Callable, clock: Clock, part: str) -> Callable:
+    def wrapper(*args, **kwargs):
+        t0 = cpu_now()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            clock.add(part, cpu_now() - t0)
+
+    return wrapper
+
+
+@contextmanager
+def instrumented(family: SupernetFamily, clock: Clock) -> Iterator[None]:
+    """Time the validation and the merge inside ``incorporate``, and shape derivation.
+
+    Wraps the names that :mod:`flwr_pfedrlnas.search` calls (and the family's
+    ``subnet_shapes``) for the duration of the block; nothing else changes.
+    """
+    saved = {
+        "check_subnet_state": search_mod.check_subnet_state,
+        "merge_subnets": search_mod.merge_subnets,
+    }
+    search_mod.check_subnet_state = _timed(saved["check_subnet_state"], clock, "validate")
+    search_mod.merge_subnets = _timed(saved["merge_subnets"], clock, "merge")
+    family.subnet_shapes = _timed(type(family).subnet_shapes.__get__(family), clock, "shapes")
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(search_mod, name, fn)
+        del family.subnet_shapes
+
+
+# --------------------------------------------------------------------------- replies
+class ReplyMaker:
+    """Seeded synthetic replies: the sent state plus small noise, seeded metrics."""
+
+    def __init__(self, max_numel: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.pool = (self.rng.standard_normal(max_numel + NOISE_SLACK) * NOISE_STD).astype(
+            np.float32
+        )
+
+    def perturb(self, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for key, value in state.items():
+            if value.dtype.kind == "f":
+                off = int(self.rng.integers(0, NOISE_SLACK))
+                noise = self.pool[off : off + value.size].reshape(value.shape)
+                out[key] = (value + noise.astype(value.dtype, copy=False)).astype(value.dtype)
+            elif value.dtype.kind in "iu":
+                out[key] = value + np.asarray(int(self.rng.integers(1, 50)), dtype=value.dtype)
+            else:
+                out[key] = value.copy()
+        return out
+
+    def metrics(self) -> dict[str, float | int]:
+        return {
+            m.NUM_EXAMPLES: int(self.rng.integers(50, 500)),
+            m.ACCURACY: float(self.rng.uniform(0.1, 0.9)),
+            m.COMPUTE_SECONDS: float(self.rng.uniform(5.0, 60.0)),
+        }
+
+
+def fedavg_records(state: dict[str, np.ndarray], n: int, maker: ReplyMaker) -> list[RecordDict]:
+    """``n`` FedAvg replies as Flower sends them: an ArrayRecord and a MetricRecord."""
+    records = []
+    for _ in range(n):
+        metrics = maker.metrics()
+        records.append(
+            RecordDict(
+                {
+                    "arrays": m.arrays_to_record(maker.perturb(state)),
+                    "metrics": MetricRecord({WEIGHT_KEY: metrics[WEIGHT_KEY]}),
+                }
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------- rounds
+@dataclass
+class RoundTiming:
+    sample_clients: float
+    propose: float
+    decode: float
+    incorporate: float
+    validate: float
+    merge: float
+    shapes: float
+    wall: float
+
+    @property
+    def total(self) -> float:
+        return self.sample_clients + self.propose + self.incorporate
+
+
+def pfedrlnas_round(
+    core: PerFedRLNASSearch,
+    client_ids: Sequence[str],
+    n: int,
+    server_round: int,
+    maker: ReplyMaker,
+    subnet_bytes: list[int],
+) -> RoundTiming:
+    """One timed PerFedRLNAS round with synthetic replies (their construction untimed)."""
+    clock = Clock()
+    with instrumented(core.family, clock):
+        gc.collect()
+        w0, t0 = wall_now(), cpu_now()
+        sampled = core.sample_clients(client_ids, n)
+        t1 = cpu_now()
+        proposals = [core.propose(cid) for cid in sampled]
+        t2, w2 = cpu_now(), wall_now()
+        shapes_propose = clock.parts.pop("shapes", 0.0)
+
+        # Untimed: what the clients send back, as Flower delivers it (ArrayRecords).
+        wire = []
+        for p in proposals:
+            subnet_bytes.append(p.bytes_down)
+            wire.append((p.client_id, m.arrays_to_record(maker.perturb(p.state)), maker.metrics()))
+        del proposals
+        gc.collect()
+
+        t3 = cpu_now()
+        decoded = [(cid, m.record_to_arrays(rec), met) for cid, rec, met in wire]
+        t4 = cpu_now()
+        del wire
+        replies = [
+            ClientReply(
+                client_id=cid,
+                arch=None,
+                state=state,
+                num_examples=met[m.NUM_EXAMPLES],
+                accuracy=met[m.ACCURACY],
+                compute_seconds=met[m.COMPUTE_SECONDS],
+            )
+            for cid, state, met in decoded
+        ]
+        del decoded
+        gc.collect()
+        w5, t5 = wall_now(), cpu_now()
+        outcome = core.incorporate(server_round, replies)
+        t6, w6 = cpu_now(), wall_now()
+    if outcome.rejected:
+        raise RuntimeError(f"synthetic replies rejected: {outcome.rejected}")
+    return RoundTiming(
+        sample_clients=t1 - t0,
+        propose=t2 - t1,
+        decode=t4 - t3,
+        incorporate=t6 - t5,
+        validate=clock.parts.get("validate", 0.0),
+        merge=clock.parts.get("merge", 0.0),
+        shapes=shapes_propose + clock.parts.get("shapes", 0.0),
+        wall=(w2 - w0) + (w6 - w5),
+    )
+
+
+def fedavg_time(records: list[RecordDict], reps: int) -> tuple[float, float]:
+    """Median CPU and wall seconds of Flower's FedAvg aggregation (after a warm-up)."""
+    aggregate_arrayrecords(records[:1], WEIGHT_KEY)
+    cpu, wall = [], []
+    for _ in range(reps):
+        gc.collect()
+        w0, t0 = wall_now(), cpu_now()
+        aggregate_arrayrecords(records, WEIGHT_KEY)
+        cpu.append(cpu_now() - t0)
+        wall.append(wall_now() - w0)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+# --------------------------------------------------------------------------- benchmark
+def _same_shapes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return set(a) == set(b) and all(a[k].shape == b[k].shape for k in a)
+
+
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """No automatic garbage collection (as ``timeit``); explicit ones between timings.
+
+    Everything alive on entry (torch, the modules, the supernet) is frozen out of
+    the collector, so the explicit ``gc.collect()`` between timed sections is cheap.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def bench_family(
+    name: str, size: str, setting: Setting, log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Time every clients-per-round point of one family and size; bytes per method."""
+    family = get_supernet(name, **family_knobs(name, size))
+    core = PerFedRLNASSearch(family, SearchConfig(seed=SEED))
+    client_ids = [f"client-{i:03d}" for i in range(setting.num_clients)]
+    for cid in client_ids:
+        core.policy(cid)  # steady state: every client of the federation has a policy
+    largest = extract_subnet(family, core.supernet, family.largest_architecture())
+    supernet = core.supernet
+
+    with quiet_gc():
+        return _bench_points(name, size, setting, log, family, core, largest, supernet)
+
+
+def _bench_points(
+    name: str,
+    size: str,
+    setting: Setting,
+    log: Callable[[str], None],
+    family: SupernetFamily,
+    core: PerFedRLNASSearch,
+    largest: dict[str, np.ndarray],
+    supernet: dict[str, np.ndarray],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    client_ids = [f"client-{i:03d}" for i in range(setting.num_clients)]
+    supernet_differs = not _same_shapes(largest, supernet)
+    maker = ReplyMaker(max(v.size for v in supernet.values()), SEED + 1)
+    subnet_bytes: list[int] = []
+    server_round = 1
+    if setting.warmup:
+        t_warm = time.perf_counter()
+        pfedrlnas_round(core, client_ids, min(setting.clients_per_round), server_round, maker, [])
+        log(f"{name:12s} {size:5s} warm-up round done ({time.perf_counter() - t_warm:.1f} s)")
+
+    rows = []
+    for n in setting.clients_per_round:
+        if n > setting.num_clients:
+            raise ValueError(f"{n} clients per round > {setting.num_clients} clients")
+        t_point = time.perf_counter()
+        reps = reps_at(setting, n)
+        timings = []
+        for _ in range(reps):
+            server_round += 1
+            timings.append(pfedrlnas_round(core, client_ids, n, server_round, maker, subnet_bytes))
+        med = sorted(timings, key=lambda t: t.total)[(len(timings) - 1) // 2]
+        decode = statistics.median(t.decode for t in timings)
+
+        records = fedavg_records(largest, n, maker)
+        fedavg_largest, fedavg_largest_wall = fedavg_time(records, reps)
+        del records
+        if supernet_differs:
+            records = fedavg_records(supernet, n, maker)
+            fedavg_supernet, _ = fedavg_time(records, reps)
+            del records
+        else:  # the whole supernet is the largest subnet: the same computation
+            fedavg_supernet = fedavg_largest
+        gc.collect()
+
+        row = {
+            "family": name,
+            "size": size,
+            "clients_per_round": n,
+            "num_clients": setting.num_clients,
+            "rounds_timed": reps,
+            "sample_clients_s": med.sample_clients,
+            "propose_s": med.propose,
+            "validate_s": med.validate,
+            "reward_policy_s": max(med.incorporate - med.validate - med.merge, 0.0),
+            "merge_s": med.merge,
+            "shape_derivation_s": med.shapes,
+            "pfedrlnas_s": med.total,
+            "decode_s": decode,
+            "fedavg_largest_s": fedavg_largest,
+            "fedavg_supernet_s": fedavg_supernet,
+            "ratio_vs_fedavg_largest": med.total / fedavg_largest,
+            "ratio_vs_fedavg_supernet": med.total / fedavg_supernet,
+            "ratio_incl_decode_vs_fedavg_largest": (med.total + decode) / fedavg_largest,
+            "pfedrlnas_wall_s": med.wall,
+            "fedavg_largest_wall_s": fedavg_largest_wall,
+            "ratio_wall_vs_fedavg_largest": med.wall / fedavg_largest_wall,
+            "mean_subnet_mb": float(np.mean(subnet_bytes)) / 1e6,
+            "largest_subnet_mb": state_num_bytes(largest) / 1e6,
+            "supernet_mb": state_num_bytes(supernet) / 1e6,
+        }
+        rows.append(row)
+        log(
+            f"{name:12s} {size:5s} N={n:3d} reps={reps} "
+            f"pfedrlnas {med.total:7.3f} s (propose {med.propose:.3f}, "
+            f"validate {med.validate:.3f}, merge {med.merge:.3f}) | "
+            f"fedavg {fedavg_largest:.3f} s | ratio {row['ratio_vs_fedavg_largest']:.1f} "
+            f"[{time.perf_counter() - t_point:.1f} s]"
+        )
+    return rows, bytes_rows(name, size, family, subnet_bytes, largest, supernet)
+
+
+def bytes_rows(
+    name: str,
+    size: str,
+    family: SupernetFamily,
+    subnet_bytes: Sequence[int],
+    largest: dict[str, np.ndarray],
+    supernet: dict[str, np.ndarray],
+) -> list[dict[str, Any]]:
+    """Bytes each method sends each way per client (array ``nbytes``), and per round."""
+    # FedNAS also exchanges its architecture weights: one float32 logit per choice of
+    # every dimension (for DARTS: 2 cell types x edges x operations).
+    num_logits = sum(len(d.choices) for d in family.search_space.dimensions)
+    alpha_bytes = num_logits * np.dtype(np.float32).itemsize
+    sub = float(np.mean(subnet_bytes))
+    methods = [
+        ("PerFedRLNAS (sampled subnet)", sub, sub),
+        ("FedAvg (largest subnet)", state_num_bytes(largest), state_num_bytes(largest)),
+        ("SPIDER (whole supernet)", state_num_bytes(supernet), state_num_bytes(supernet)),
+        (
+            "FedNAS (whole supernet + architecture weights)",
+            state_num_bytes(supernet) + alpha_bytes,
+            state_num_bytes(supernet) + alpha_bytes,
+        ),
+    ]
+    ref = 2 * state_num_bytes(largest)
+    n = BYTES_CLIENTS_PER_ROUND
+    return [
+        {
+            "family": name,
+            "size": size,
+            "method": method,
+            "down_bytes_per_client": down,
+            "up_bytes_per_client": up,
+            "bytes_per_client_round": down + up,
+            "clients_per_round": n,
+            "bytes_per_round": n * (down + up),
+            "ratio_vs_fedavg_largest": (down + up) / ref,
+        }
+        for method, down, up in methods
+    ]
+
+
+# --------------------------------------------------------------------------- outputs
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    k: (f"{v:.6g}" if isinstance(v, float) else v)
+                    for k, v in row.items()
+                    if k in columns
+                }
+            )
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"mobilenetv3": "tab:blue", "nasvit": "tab:orange", "darts": "tab:green"}
+    styles = {"paper": "-", "cpu": "--"}
+    for (name, size), group in _groups(rows).items():
+        xs = [r["clients_per_round"] for r in group]
+        ax.plot(
+            xs,
+            [r["ratio_vs_fedavg_largest"] for r in group],
+            styles.get(size, "-"),
+            marker="o",
+            color=colors.get(name),
+            label=f"{name} ({size}) vs FedAvg, largest subnet",
+        )
+        if any(r["fedavg_supernet_s"] != r["fedavg_largest_s"] for r in group):
+            ax.plot(
+                xs,
+                [r["ratio_vs_fedavg_supernet"] for r in group],
+                styles.get(size, "-"),
+                marker="x",
+                alpha=0.5,
+                color=colors.get(name),
+                label=f"{name} ({size}) vs FedAvg, whole supernet",
+            )
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ns = sorted({r["clients_per_round"] for r in rows})
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.set_xlabel("clients per round")
+    ax.set_ylabel("server time per round: PerFedRLNAS / FedAvg")
+    ax.set_title("PerFedRLNAS server time relative to Flower's FedAvg aggregation")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r["family"], r["size"]), []).append(r)
+    return out
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if b >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b:.0f} B"
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:,.1f}"
+
+
+def time_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| Family | Size | N | Rounds | Propose (sample+extract) | Validate | Reward+policy "
+        "| Merge | **PerFedRLNAS** | FedAvg largest | FedAvg supernet | **Ratio** "
+        "| Ratio vs supernet | Ratio incl. decode | Wall-clock ratio |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [head]
+    for r in rows:
+        same = r["fedavg_supernet_s"] == r["fedavg_largest_s"]
+        vs_super = "—" if same else f"{r['ratio_vs_fedavg_supernet']:.1f}x"
+        lines.append(
+            f"| `{r['family']}` | {r['size']} | {r['clients_per_round']} | {r['rounds_timed']} "
+            f"| {_ms(r['sample_clients_s'] + r['propose_s'])} | {_ms(r['validate_s'])} "
+            f"| {_ms(r['reward_policy_s'])} | {_ms(r['merge_s'])} | **{_ms(r['pfedrlnas_s'])}** "
+            f"| {_ms(r['fedavg_largest_s'])} "
+            f"| {'= largest' if same else _ms(r['fedavg_supernet_s'])} "
+            f"| **{r['ratio_vs_fedavg_largest']:.1f}x** "
+            f"| {vs_super} "
+            f"| {r['ratio_incl_decode_vs_fedavg_largest']:.1f}x "
+            f"| {r['ratio_wall_vs_fedavg_largest']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
+def bytes_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| Family | Size | Method | Down / client | Up / client | Per client-round "
+        f"| Per round ({BYTES_CLIENTS_PER_ROUND} clients) | vs FedAvg largest |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['family']}` | {r['size']} | {r['method']} "
+            f"| {_fmt_bytes(r['down_bytes_per_client'])} | {_fmt_bytes(r['up_bytes_per_client'])} "
+            f"| {_fmt_bytes(r['bytes_per_client_round'])} | {_fmt_bytes(r['bytes_per_round'])} "
+            f"| {r['ratio_vs_fedavg_largest']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def reading(rows: list[dict[str, Any]], byte_rows: list[dict[str, Any]]) -> str:
+    """Figures-driven reading of the tables (regenerated with every run)."""
+    parts = ("propose", "validate", "reward+policy", "merge")
+    out = []
+    for (name, size), group in _groups(rows).items():
+        lo, hi = group[0], group[-1]
+        tops, shapes = [], []
+        for r in (lo, hi):
+            values = dict(
+                zip(
+                    parts,
+                    (
+                        r["sample_clients_s"] + r["propose_s"],
+                        r["validate_s"],
+                        r["reward_policy_s"],
+                        r["merge_s"],
+                    ),
+                )
+            )
+            top = max(values, key=values.get)
+            tops.append(f"{top} {values[top] / r['pfedrlnas_s']:.0%}")
+            shapes.append(f"{r['shape_derivation_s'] / r['pfedrlnas_s']:.0%}")
+            merge_share = r["merge_s"] / r["pfedrlnas_s"]
+        verdict = "slower" if hi["ratio_vs_fedavg_largest"] > 1 else "faster"
+        text = (
+            f"- `{name}` ({size}): a PerFedRLNAS server round takes "
+            f"{lo['ratio_vs_fedavg_largest']:.1f}x FedAvg's aggregation at "
+            f"N = {lo['clients_per_round']} ({_ms(lo['pfedrlnas_s'])} vs "
+            f"{_ms(lo['fedavg_largest_s'])} ms) and {hi['ratio_vs_fedavg_largest']:.1f}x at "
+            f"N = {hi['clients_per_round']} ({_ms(hi['pfedrlnas_s'])} vs "
+            f"{_ms(hi['fedavg_largest_s'])} ms): {verdict}. Per client at "
+            f"N = {hi['clients_per_round']}: {_ms(hi['pfedrlnas_s'] / hi['clients_per_round'])} "
+            f"vs {_ms(hi['fedavg_largest_s'] / hi['clients_per_round'])} ms. Largest part: "
+            f"{tops[0]} of the round at N = {lo['clients_per_round']}, {tops[1]} at "
+            f"N = {hi['clients_per_round']}; deriving subnet shapes alone is {shapes[0]} / "
+            f"{shapes[1]}, the merge {merge_share:.0%} at N = {hi['clients_per_round']}."
+        )
+        if hi["fedavg_supernet_s"] != hi["fedavg_largest_s"]:
+            text += (
+                " Against FedAvg over the whole supernet (FedNAS/SPIDER-style) the ratio is "
+                f"{lo['ratio_vs_fedavg_supernet']:.1f}x at N = {lo['clients_per_round']} and "
+                f"{hi['ratio_vs_fedavg_supernet']:.1f}x at N = {hi['clients_per_round']}."
+            )
+        out.append(text)
+    for (name, size), group in _groups(byte_rows).items():
+        by = {r["method"].split(" ")[0]: r for r in group}
+        p, f, s = by["PerFedRLNAS"], by["FedAvg"], by["SPIDER"]
+        out.append(
+            f"- Bytes, `{name}` ({size}): PerFedRLNAS moves "
+            f"{_fmt_bytes(p['bytes_per_client_round'])} per client and round, "
+            f"{p['ratio_vs_fedavg_largest']:.2f}x FedAvg on the largest "
+            f"subnet ({_fmt_bytes(f['bytes_per_client_round'])}) and "
+            f"{p['bytes_per_client_round'] / s['bytes_per_client_round']:.2f}x a whole-supernet "
+            f"method ({_fmt_bytes(s['bytes_per_client_round'])})."
+        )
+    return "\n".join(out)
+
+
+README_TEMPLATE = """# Server efficiency: PerFedRLNAS against Flower's FedAvg
+
+What the PerFedRLNAS server costs per round compared with Flower's own FedAvg
+aggregation, and how many bytes each method moves per round.
+
+Generated on {date} with
+
+```
+{command}
+```
+
+(seed {seed}; {machine}; Python {python}, numpy {numpy}, flwr {flwr}; whole run
+{wall:.0f} s). Files: [`server_time.csv`](server_time.csv),
+[`bytes.csv`](bytes.csv), [`server_time.png`](server_time.png).
+
+## What is measured
+
+- **PerFedRLNAS, one round of the server core** (`PerFedRLNASSearch`, the code the
+  Flower strategy runs), everything the server computes in a round:
+  client sampling (`sample_clients`, K = {num_clients} clients, every one of them
+  with a policy), per sampled client architecture sampling from its policy and
+  subnet extraction (`propose`); then, on the replies, `incorporate`:
+  validation of every reply (`check_subnet_state`: keys, shapes, dtypes,
+  finiteness), rewards (eq. 8), REINFORCE/Adam policy updates and the
+  count-normalised masked merge into the supernet (`merge_subnets`). The parts are
+  timed by wrapping the functions `incorporate` calls; "reward+policy" is the rest
+  of `incorporate` (metric checks, rewards, policy updates, the copies that make
+  the state change atomic).
+- **FedAvg**: Flower's own `flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords`
+  (what `FedAvg.aggregate_train` calls) on `RecordDict` replies holding an
+  `ArrayRecord` and a `MetricRecord` with `num-examples`, for the same number of
+  clients. "Largest" = every client returns the family's largest subnet (FedAvg on
+  the largest model); "supernet" = every client returns the whole supernet state
+  (what FedNAS/SPIDER-style methods average). For `mobilenetv3` and `nasvit` the
+  supernet *is* the largest subnet, so only DARTS has a separate supernet column.
+- **Replies** are synthetic: each client's state is what it was sent plus seeded
+  Gaussian noise (std {noise}), `num-examples` in 50..499, `accuracy` in 0.1..0.9,
+  `compute-seconds` in 5..60, all seeded. Building them is not timed.
+  FedAvg's timing includes decoding each `Array` to numpy (Flower does it inside
+  `aggregate_arrayrecords`); the PerFedRLNAS core takes numpy replies, so its
+  decoding (`record_to_arrays`, what the strategy does before `incorporate`) is
+  timed separately: the column "ratio incl. decode" adds it.
+- **Repetitions**: one untimed warm-up round per family and size (none with `--quick`), then at each
+  point the median of `clamp({budget} // N, 1, {max_reps})` rounds ({reps_list}),
+  fewer at large N to keep the whole run near ten minutes on the 2-core machine;
+  the "Rounds" column gives the count. FedAvg: the median of as many calls,
+  after a warm-up call on one reply. The machine is shared with other jobs, so single figures carry
+  noise of some tens of percent; the ratios are taken in one run, point by point.
+- **Sizes**: paper = the family defaults (`mobilenetv3`: OFA MobileNetV3-Large
+  space, 5 stages, 224x224; `nasvit`: the full NASViT table; `darts`: 16 initial
+  channels, 8 cells, the 8 DARTS operations); CPU = `flwr_pfedrlnas.supernets.cpu_preset`.
+- **Bytes** are array `nbytes` per transfer: PerFedRLNAS sends the sampled subnet
+  down and the client sends the same subnet up (mean over all
+  {num_sampled} architectures sampled in the timing runs of that family and size,
+  from uniform policies); FedAvg sends the largest subnet each way; SPIDER the
+  whole supernet each way; FedNAS the whole supernet plus its architecture weights
+  each way (one float32 per choice of every search dimension; for DARTS
+  2 x 14 edges x 8 operations). Per round = {bytes_n} clients x (down + up).
+
+Times are CPU milliseconds of the server process per round (median), measured
+with `time.process_time`: the timed work is single-threaded, and CPU time is not
+inflated when other jobs on the shared machine take the cores, as wall time is.
+The last column gives the same ratio from wall-clock times (`time.perf_counter`)
+for comparison; it moves with the machine's load.
+
+## Server time per round
+
+{time_table}
+
+![ratio](server_time.png)
+
+## Bytes per round
+
+{bytes_table}
+
+## Reading
+
+{reading}
+
+Caveats:
+
+- The ratio compares *all* the server work of a PerFedRLNAS round with the
+  *aggregation* of FedAvg, the only part of FedAvg's server round that grows with
+  the model and the clients (its sampling is a list draw). It answers "how much
+  more does the server compute per round", not "how much longer does a round
+  take": a round's wall clock is dominated by the clients' training and the
+  transfers, seconds to minutes per round, against the server times above.
+- Propose derives each sampled architecture's tensor shapes by building the
+  subnet on PyTorch's meta device (`SupernetFamily.subnet_shapes`, cached for the
+  last 512 architectures). With uniform policies, as here, almost every sampled
+  architecture is new, so the cache seldom hits; as the policies converge the same
+  architectures recur and this part shrinks. The "deriving subnet shapes" share in
+  the reading is the time spent in `subnet_shapes` over the whole round.
+- PerFedRLNAS keeps each sampled client's extracted subnet between `propose` and
+  `incorporate` (N subnet copies in memory), and the merge accumulates in float64
+  over the whole supernet; FedAvg accumulates in place in the arrays' dtype.
+"""
+
+
+def write_readme(
+    out: Path,
+    rows: list[dict[str, Any]],
+    byte_rows: list[dict[str, Any]],
+    setting: Setting,
+    wall: float,
+    num_sampled: dict[tuple[str, str], int],
+    argv: Sequence[str],
+) -> None:
+    import flwr
+
+    args = " ".join(shlex.quote(a) for a in argv)
+    command = f"python scripts/bench_server.py{(' ' + args) if args else ''}"
+    text = README_TEMPLATE.format(
+        date=dt.date.today().isoformat(),
+        command=command,
+        seed=SEED,
+        machine=f"{os.cpu_count()}-core CPU ({platform.machine()}, {platform.system()})",
+        python=platform.python_version(),
+        numpy=np.__version__,
+        flwr=getattr(flwr, "__version__", "?"),
+        wall=wall,
+        num_clients=setting.num_clients,
+        noise=NOISE_STD,
+        max_reps=setting.max_reps,
+        budget=setting.client_round_budget,
+        reps_list=", ".join(f"{reps_at(setting, n)} at N = {n}" for n in setting.clients_per_round),
+        num_sampled=" / ".join(f"{v}" for v in num_sampled.values()),
+        bytes_n=BYTES_CLIENTS_PER_ROUND,
+        time_table=time_table(rows),
+        bytes_table=bytes_table(byte_rows),
+        reading=reading(rows, byte_rows),
+    )
+    (out / "README.md").write_text(text)
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument(
+        "--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, help="families"
+    )
+    parser.add_argument("--sizes", nargs="+", default=None, choices=("paper", "cpu"), help="sizes")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setting = QUICK if args.quick else FULL
+    sizes = tuple(args.sizes) if args.sizes else setting.sizes
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
+
+    rows: list[dict[str, Any]] = []
+    byte_rows: list[dict[str, Any]] = []
+    num_sampled: dict[tuple[str, str], int] = {}
+    for size in sizes:
+        for name in args.families:
+            family_rows, family_bytes = bench_family(name, size, setting, log)
+            rows.extend(family_rows)
+            byte_rows.extend(family_bytes)
+            num_sampled[(name, size)] = sum(
+                r["clients_per_round"] * r["rounds_timed"] for r in family_rows
+            )
+    wall = time.perf_counter() - start
+
+    paths = {
+        "server_time": out / "server_time.csv",
+        "bytes": out / "bytes.csv",
+        "plot": out / "server_time.png",
+        "readme": out / "README.md",
+    }
+    write_csv(paths["server_time"], rows, SERVER_TIME_COLUMNS)
+    write_csv(paths["bytes"], byte_rows, BYTES_COLUMNS)
+    plot(rows, paths["plot"])
+    write_readme(out, rows, byte_rows, setting, wall, num_sampled, argv)
+    log(f"wrote {', '.join(str(p) for p in paths.values())} (total {wall:.0f} s)")
+    for r in rows:
+        assert all(math.isfinite(r[c]) and r[c] > 0 for c in POSITIVE_COLUMNS), r
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Smoke test of the server efficiency benchmark (``scripts/bench_server.py --quick``)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_server.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("bench_server", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_positive_finite_figures(tmp_path):
+    bench = _load_script()
+    paths = bench.main(["--quick", "--out", str(tmp_path)])
+
+    with paths["server_time"].open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench.SERVER_TIME_COLUMNS
+        rows = list(reader)
+    families = {r["family"] for r in rows}
+    assert families == set(bench.FAMILIES)
+    assert len(rows) == len(bench.FAMILIES) * len(bench.QUICK.clients_per_round)
+    for row in rows:
+        for column in bench.POSITIVE_COLUMNS:
+            value = float(row[column])
+            assert math.isfinite(value) and value > 0, (column, row)
+
+    with paths["bytes"].open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == bench.BYTES_COLUMNS
+        byte_rows = list(reader)
+    assert {r["family"] for r in byte_rows} == families
+    for row in byte_rows:
+        for column in ("down_bytes_per_client", "up_bytes_per_client", "bytes_per_round"):
+            value = float(row[column])
+            assert math.isfinite(value) and value > 0, (column, row)
+
+    assert paths["plot"].stat().st_size > 0
+    assert "python scripts/bench_server.py" in paths["readme"].read_text()
