@@ -762,12 +762,52 @@ def write_report(
             "|---|---|---|---|---|---|",
             *theorem_lines,
         ]
+    lines += tier_lines(results)
     shown = [name for name in plots if plots[name] is not None]
     if shown:
         lines += ["", "Plots: " + ", ".join(f"`{name}`" for name in shown) + "."]
     written["table.md"] = out / "table.md"
     written["table.md"].write_text("\n".join(lines) + "\n")
     return written
+
+
+def tier_lines(results: Sequence[MethodResult]) -> list[str]:
+    """Markdown of each tiered method's last-round accuracy range per tier (``tiers.csv``).
+
+    FedorAS reports one model per device tier; the paper gives its accuracy as a
+    range over tiers, so the table of the tiers is shown beside the summary.
+    """
+    lines: list[str] = []
+    for result in results:
+        path = result.directory / "tiers.csv"
+        if not path.is_file():
+            continue
+        tiers = pd.read_csv(path)
+        if tiers.empty or "round" not in tiers.columns:
+            continue
+        last = tiers[tiers["round"] == tiers["round"].max()]
+        lines += [
+            "",
+            f"## {result.label}: accuracy per device tier (round {int(last['round'].iloc[0])})",
+            "",
+            "| tier | parameter budget | clients | architecture parameters "
+            "| accuracy min | accuracy mean | accuracy max |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for _, row in last.sort_values("tier").iterrows():
+            lines.append(
+                f"| {int(row['tier'])} | {int(row['budget-params']):,} | {int(row['clients'])} "
+                f"| {int(row['arch-params']):,} | {_fmt(row['accuracy-min'], 3)} "
+                f"| {_fmt(row['accuracy-mean'], 3)} | {_fmt(row['accuracy-max'], 3)} |"
+            )
+        means = last["accuracy-mean"].dropna()
+        if len(means):
+            lines += [
+                "",
+                f"Tier means range from {means.min():.3f} to {means.max():.3f} "
+                f"(`{result.name}/tiers.csv`).",
+            ]
+    return lines
 
 
 def _natural_key(text: str) -> tuple[int, Any]:

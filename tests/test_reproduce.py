@@ -179,6 +179,33 @@ def test_report_numbers_from_synthetic_csvs(tmp_path):
         assert written[name].stat().st_size > 1000, name
 
 
+def test_tier_table_shows_the_last_round_per_tier(tmp_path):
+    run = tmp_path / "fedoras"
+    run.mkdir()
+    pd.DataFrame(
+        {
+            "round": [1, 1, 2, 2],
+            "tier": [0, 1, 1, 0],
+            "budget-params": [100, 200, 200, 100],
+            "clients": [2, 3, 3, 2],
+            "arch-params": [90, 150, 180, 95],
+            "accuracy-min": [0.1, 0.2, 0.45, 0.3],
+            "accuracy-max": [0.2, 0.3, 0.75, 0.5],
+            "accuracy-mean": [0.15, 0.25, 0.6, 0.4],
+        }
+    ).to_csv(run / "tiers.csv", index=False)
+    result = report.MethodResult("fedoras", "FedorAS", run, pd.DataFrame({"round": [1, 2]}))
+    lines = report.tier_lines([result])
+    rows = [line for line in lines if line.startswith("| 0 ") or line.startswith("| 1 ")]
+    assert rows == [
+        "| 0 | 100 | 2 | 95 | 0.300 | 0.400 | 0.500 |",
+        "| 1 | 200 | 3 | 180 | 0.450 | 0.600 | 0.750 |",
+    ]
+    assert "Tier means range from 0.400 to 0.600" in "\n".join(lines)
+    other = report.MethodResult("x", "X", tmp_path, pd.DataFrame({"round": [1]}))
+    assert report.tier_lines([other]) == []
+
+
 def test_label_mixes_match_the_clients_data():
     from flwr_pfedrlnas.datasets import load_client_data
 
