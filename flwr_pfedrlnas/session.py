@@ -11,6 +11,7 @@ from typing import Any
 from flwr.common import log
 
 from . import messages as m
+from .identity import natural_sorted
 from .profiles import ProfileDistribution
 from .results import RunRecorder, summarise_accuracies, write_results
 from .search import ClientReply, PerFedRLNASSearch, Proposal, RoundOutcome, SearchConfig
@@ -18,11 +19,6 @@ from .search_space import architecture_to_json
 from .supernets import SupernetFamily
 
 __all__ = ["SearchSession", "natural_sorted"]
-
-
-def natural_sorted(client_ids: Sequence[str]) -> list[str]:
-    """Client ids in natural order ("2" before "10")."""
-    return sorted(client_ids, key=lambda c: (0, int(c)) if c.isdigit() else (1, c))
 
 
 class SearchSession:

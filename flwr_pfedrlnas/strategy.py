@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
@@ -20,10 +19,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from . import messages as m
+from .identity import identify_clients
 from .profiles import ProfileDistribution
 from .results import summarise_accuracies
 from .search import ClientReply, SearchConfig
-from .session import SearchSession, natural_sorted
+from .session import SearchSession
 from .supernets import SupernetFamily
 
 __all__ = ["PerFedRLNAS"]
@@ -175,56 +175,14 @@ class PerFedRLNAS(Strategy):
     # ------------------------------------------------------------------ identity
     def _identify(self, grid: Grid) -> list[str]:
         """Learn the client id of every new node; return the connected clients."""
-        while len(node_ids := list(grid.get_node_ids())) < self.min_available_nodes:
-            log(
-                INFO,
-                "Waiting for nodes to connect: %d connected (minimum required: %d).",
-                len(node_ids),
-                self.min_available_nodes,
-            )
-            time.sleep(1)
-        unknown = [n for n in node_ids if n not in self.node_to_client]
-        if unknown:
-            queries = [
-                Message(
-                    content=RecordDict(
-                        {self.configrecord_key: ConfigRecord({"query": m.CLIENT_ID})}
-                    ),
-                    message_type=MessageType.QUERY,
-                    dst_node_id=node_id,
-                )
-                for node_id in unknown
-            ]
-            for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
-                self._learn_identity(reply, node_ids)
-        connected = set(node_ids)
-        return natural_sorted([c for n, c in self.node_to_client.items() if n in connected])
-
-    def _learn_identity(self, reply: Message, node_ids: list[int]) -> None:
-        node_id = reply.metadata.src_node_id
-        if reply.has_error():
-            log(WARNING, "node %s did not say who it is: %s", node_id, reply.error.reason)
-            return
-        config = reply.content.config_records.get(self.configrecord_key)
-        cid = None if config is None else config.get(m.CLIENT_ID)
-        if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid) == "":
-            log(WARNING, "node %s answered the identity query with %r: ignored", node_id, cid)
-            return
-        cid = str(cid)
-        old = self.client_to_node.get(cid)
-        if old is not None and old != node_id:
-            if old in node_ids:
-                log(
-                    WARNING,
-                    "node %s claims client id %r, held by node %s: ignored",
-                    node_id,
-                    cid,
-                    old,
-                )
-                return
-            del self.node_to_client[old]  # the client came back on a new node
-        self.node_to_client[node_id] = cid
-        self.client_to_node[cid] = node_id
+        return identify_clients(
+            grid,
+            self.node_to_client,
+            self.client_to_node,
+            self.min_available_nodes,
+            self.query_timeout,
+            self.configrecord_key,
+        )
 
     # ------------------------------------------------------------------ Flower
     def start(

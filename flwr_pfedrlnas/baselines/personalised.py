@@ -17,6 +17,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from torch import nn
 
 from .. import messages as m
+from ..identity import identify_clients
 from ..results import RunRecorder, summarise_accuracies, write_results
 from ..rewards import DEFAULT_BANDWIDTH_BPS, round_time
 from . import client as bc
@@ -223,30 +224,13 @@ class PersonalisedFedAvg(FedAvg):
 
     def _identify(self, grid: Grid) -> list[str]:
         """Learn the client id of every new node; return the connected clients."""
-        while len(node_ids := list(grid.get_node_ids())) < self.min_available_nodes:
-            log(INFO, "Waiting for nodes: %d of %d", len(node_ids), self.min_available_nodes)
-            time.sleep(1)
-        unknown = [n for n in node_ids if n not in self.node_to_client]
-        if unknown:
-            queries = [
-                Message(
-                    content=RecordDict({"config": ConfigRecord({"query": m.CLIENT_ID})}),
-                    message_type=MessageType.QUERY,
-                    dst_node_id=n,
-                )
-                for n in unknown
-            ]
-            for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
-                if reply.has_error():
-                    continue
-                cid = str(reply.content["config"][m.CLIENT_ID])
-                old = self.client_to_node.get(cid)
-                if old is not None:
-                    self.node_to_client.pop(old, None)
-                self.node_to_client[reply.metadata.src_node_id] = cid
-                self.client_to_node[cid] = reply.metadata.src_node_id
-        connected = set(node_ids)
-        return natural_sorted([c for n, c in self.node_to_client.items() if n in connected])
+        return identify_clients(
+            grid,
+            self.node_to_client,
+            self.client_to_node,
+            self.min_available_nodes,
+            self.query_timeout,
+        )
 
     def _messages(self, arrays, client_ids, kind, config) -> list[Message]:
         msgs = []
@@ -691,11 +675,6 @@ def _weighted_mean(
         acc = sum(wi * s[key].astype(np.float64) for wi, s in zip(w, states))
         out[key] = np.asarray(acc).astype(first.dtype)  # integer buffers (BN counters) round down
     return out
-
-
-def natural_sorted(client_ids: Iterable[str]) -> list[str]:
-    """Client ids in natural order ("2" before "10"; numeric ids before others)."""
-    return sorted(client_ids, key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
 
 
 def _json(value: Any) -> str:

@@ -26,17 +26,17 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
 from ... import messages as m
 from ...aggregation import state_num_bytes
+from ...identity import identify_clients
 from ...results import RunRecorder, summarise_accuracies, write_results
 from ...rewards import DEFAULT_BANDWIDTH_BPS, round_time
 from ...search_space import Architecture
 from ...supernets import SupernetFamily
-from ..personalised import natural_sorted
 
 __all__ = ["NAS_STEP", "FederatedNASBaseline", "content_bytes", "weighted_mean"]
 
@@ -255,37 +255,13 @@ class FederatedNASBaseline:
     # ------------------------------------------------------------------ identity
     def connected_clients(self, grid: Grid) -> list[str]:
         """Learn the client id of every new node; the connected clients in natural order."""
-        while len(node_ids := list(grid.get_node_ids())) < self.min_available_nodes:
-            log(INFO, "Waiting for nodes: %d of %d", len(node_ids), self.min_available_nodes)
-            time.sleep(1)
-        unknown = [n for n in node_ids if n not in self.node_to_client]
-        if unknown:
-            queries = [
-                Message(
-                    content=RecordDict({"config": ConfigRecord({"query": m.CLIENT_ID})}),
-                    message_type=MessageType.QUERY,
-                    dst_node_id=n,
-                )
-                for n in unknown
-            ]
-            for reply in grid.send_and_receive(queries, timeout=self.query_timeout):
-                if reply.has_error():
-                    log(WARNING, "node %s did not say who it is", reply.metadata.src_node_id)
-                    continue
-                cid = reply.content["config"].get(m.CLIENT_ID)
-                if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid) == "":
-                    continue
-                cid, node = str(cid), reply.metadata.src_node_id
-                old = self.client_to_node.get(cid)
-                if old is not None and old != node:
-                    if old in node_ids:
-                        log(WARNING, "node %s claims client id %r of node %s", node, cid, old)
-                        continue
-                    self.node_to_client.pop(old, None)
-                self.node_to_client[node] = cid
-                self.client_to_node[cid] = node
-        connected = set(node_ids)
-        return natural_sorted([c for n, c in self.node_to_client.items() if n in connected])
+        return identify_clients(
+            grid,
+            self.node_to_client,
+            self.client_to_node,
+            self.min_available_nodes,
+            self.query_timeout,
+        )
 
     def sample(self, clients: list[str]) -> list[str]:
         """A seeded sample of ``clients_per_round`` of ``clients`` (in natural order)."""

@@ -110,11 +110,11 @@ from torch.utils.data import DataLoader
 from ... import messages as m
 from ...aggregation import check_subnet_state, extract_subnet, merge_subnets
 from ...client import client_id_from_context
+from ...identity import natural_sorted
 from ...profiles import ProfileDistribution
 from ...search_space import Architecture, architecture_from_json, architecture_to_json
 from ...supernets import SupernetFamily, get_supernet
 from ...training import evaluate, recalibrate_batchnorm
-from ..personalised import natural_sorted
 from .base import FederatedNASBaseline, weighted_mean
 from .client import register_step
 

@@ -1,0 +1,102 @@
+"""Who is who: a node -> client-id map learned once through an identity query.
+
+Flower's node ids change when a SuperNode reconnects; every strategy of the
+package keys its state on the client's stable id instead (``partition-id`` in
+simulation, the ``client-id`` node config in deployment), which the node
+reports in answer to a QUERY message (see :func:`flwr_pfedrlnas.client.identify`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common import log
+from flwr.serverapp import Grid
+
+from . import messages as m
+
+__all__ = ["identify_clients", "learn_identity", "natural_sorted"]
+
+
+def natural_sorted(client_ids: Iterable[str]) -> list[str]:
+    """Client ids in natural order ("2" before "10"; numeric ids before others)."""
+    return sorted(client_ids, key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
+
+
+def learn_identity(
+    reply: Message,
+    node_ids: list[int],
+    node_to_client: dict[int, str],
+    client_to_node: dict[str, int],
+    configrecord_key: str = "config",
+) -> None:
+    """Record the client id a node reported, unless the answer is unusable.
+
+    An error, a missing, empty or non-scalar id is logged and ignored; so is
+    an id another connected node already holds. A client that comes back on
+    a new node moves there (its old node is forgotten).
+    """
+    node_id = reply.metadata.src_node_id
+    if reply.has_error():
+        log(WARNING, "node %s did not say who it is: %s", node_id, reply.error.reason)
+        return
+    config = reply.content.config_records.get(configrecord_key)
+    cid = None if config is None else config.get(m.CLIENT_ID)
+    if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid) == "":
+        log(WARNING, "node %s answered the identity query with %r: ignored", node_id, cid)
+        return
+    cid = str(cid)
+    old = client_to_node.get(cid)
+    if old is not None and old != node_id:
+        if old in node_ids:
+            log(
+                WARNING,
+                "node %s claims client id %r, held by node %s: ignored",
+                node_id,
+                cid,
+                old,
+            )
+            return
+        del node_to_client[old]  # the client came back on a new node
+    node_to_client[node_id] = cid
+    client_to_node[cid] = node_id
+
+
+def identify_clients(
+    grid: Grid,
+    node_to_client: dict[int, str],
+    client_to_node: dict[str, int],
+    min_available_nodes: int,
+    query_timeout: float,
+    configrecord_key: str = "config",
+) -> list[str]:
+    """Wait for ``min_available_nodes``, ask every new node who it is; the connected clients.
+
+    The two maps are updated in place; the return value lists the client ids
+    of the connected nodes in natural order.
+    """
+    while len(node_ids := list(grid.get_node_ids())) < min_available_nodes:
+        log(
+            INFO,
+            "Waiting for nodes to connect: %d connected (minimum required: %d).",
+            len(node_ids),
+            min_available_nodes,
+        )
+        time.sleep(1)
+    unknown = [n for n in node_ids if n not in node_to_client]
+    if unknown:
+        queries = [
+            Message(
+                content=RecordDict({configrecord_key: ConfigRecord({"query": m.CLIENT_ID})}),
+                message_type=MessageType.QUERY,
+                dst_node_id=node_id,
+            )
+            for node_id in unknown
+        ]
+        for reply in grid.send_and_receive(queries, timeout=query_timeout):
+            learn_identity(reply, node_ids, node_to_client, client_to_node, configrecord_key)
+    connected = set(node_ids)
+    return natural_sorted([c for n, c in node_to_client.items() if n in connected])
