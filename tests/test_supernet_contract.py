@@ -132,3 +132,26 @@ def test_a_user_family_runs_through_the_strategy_unchanged(local_grid, tmp_path)
     assert sum(p.steps for p in strategy.search.policies.values()) == 4
     assert any(not np.array_equal(before[k], v) for k, v in strategy.search.supernet.items())
     assert (tmp_path / "rounds.csv").exists()
+
+
+def test_skip_meta_init_leaves_real_tensors_and_shapes_alone():
+    from torch import nn
+
+    from flwr_pfedrlnas.supernets.base import skip_meta_init
+
+    original = nn.init.kaiming_normal_
+    with skip_meta_init():
+        assert nn.init.kaiming_normal_ is not original
+        torch.manual_seed(0)
+        real = nn.Conv2d(3, 4, 3)  # a real module built meanwhile is initialised as usual
+        with torch.device("meta"):
+            meta = nn.Conv2d(3, 4, 3)
+    assert nn.init.kaiming_normal_ is original
+    torch.manual_seed(0)
+    assert torch.equal(real.weight, nn.Conv2d(3, 4, 3).weight)
+    assert meta.weight.is_meta and meta.weight.shape == (4, 3, 3, 3)
+    family = get_supernet("mobilenetv3", **cpu_preset("mobilenetv3"))
+    arch = family.search_space.sample(np.random.default_rng(1))
+    with torch.device("meta"):
+        built = family.build_subnet(arch)
+    assert family.subnet_shapes(arch) == {k: tuple(v.shape) for k, v in built.state_dict().items()}
