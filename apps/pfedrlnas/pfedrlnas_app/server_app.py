@@ -32,6 +32,7 @@ def main(grid: Grid, context: Context) -> None:
             local_epochs=int(cfg["local-epochs"]),
             lr=float(cfg["lr"]),
             batch_size=int(cfg["batch-size"]),
+            bn_recalibration_batches=int(cfg["bn-recalibration-batches"]),
             bandwidth_bps=float(cfg["bandwidth-mbps"]) * 1e6,
             seed=int(cfg["seed"]),
             results_dir=output_dir(str(cfg["results-dir"])),
