@@ -377,12 +377,29 @@ class PerFedRLNAS(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Reward, update the policies and merge the returned subnets."""
         self._stale: dict[str, str] = {}
+        replies = list(replies)
         parsed = [r for r in (self._parse(msg) for msg in replies) if r is not None]
         answered = {r.client_id for r in parsed}
         for cid, reason in self._stale.items():
             if cid not in answered and cid not in self.session.failures:
                 self.session.record_failure(cid, reason)
-        self.session.incorporate(server_round, parsed)
+        # Bytes moved as Flower carries them (serialised arrays and their keys, the
+        # measure every baseline's strategy records), not the bare array bytes the
+        # core's reward uses; for tensors of a few KB the serialisation adds much.
+        up = {
+            self._sent[msg.metadata.src_node_id]: msg.content[self.arrayrecord_key].count_bytes()
+            for msg in replies
+            if msg.metadata.src_node_id in self._sent
+            and not msg.has_error()
+            and self.arrayrecord_key in msg.content.array_records
+        }
+        outcome = self.session.incorporate(server_round, parsed)
+        for node_id, cid in self._sent.items():
+            if cid in outcome.bytes_down:
+                sent = self._sent_messages[node_id].content[self.arrayrecord_key]
+                outcome.bytes_down[cid] = sent.count_bytes()
+            if cid in outcome.bytes_up and outcome.bytes_up[cid] > 0:
+                outcome.bytes_up[cid] = up.get(cid, outcome.bytes_up[cid])
         self._sent = {}
         self._sent_messages = {}
         return m.arrays_to_record(self.search.supernet), MetricRecord(self.session.train_metrics())

@@ -94,6 +94,9 @@ def test_round_by_hand(local_grid, tmp_path):
     assert summary["num-clients"] == 3
     rows = strategy.session.recorder.rounds
     assert rows[-1]["round"] == 1 and rows[-1]["num-evaluated"] == 3
+    # Bytes as Flower carries them, the measure of every baseline: serialised arrays.
+    assert rows[-1]["bytes-down"] == sum(m.content["arrays"].count_bytes() for m in messages)
+    assert rows[-1]["bytes-up"] == sum(r.content["arrays"].count_bytes() for r in replies)
     assert (tmp_path / "results" / "rounds.csv").exists()
     assert (tmp_path / "ckpt" / "state.json").exists()
 
