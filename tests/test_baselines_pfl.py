@@ -140,6 +140,32 @@ def test_train_parts_leaves_frozen_part_bit_for_bit():
     assert any(not torch.equal(before[k], after[k]) for k in body_keys)
 
 
+def test_frozen_batchnorm_normalises_with_batch_statistics_while_the_head_trains():
+    # Running statistics far from the data's: a frozen body in eval mode would
+    # hand the head features the test (after BatchNorm re-estimation) never sees.
+    torch.manual_seed(0)
+    body_norm = torch.nn.BatchNorm1d(4)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), body_norm, torch.nn.Linear(4, 2))
+    body_norm.running_mean.fill_(100.0)
+    body_norm.running_var.fill_(1e-4)
+    x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    seen = []
+    model[2].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    train_parts(model, DataLoader(TensorDataset(x, y), batch_size=8), 1, 0.1, lambda k: k[0] == "2")
+
+    assert len(seen) == 2
+    for batch, features in zip((x[:8], x[8:]), seen):
+        pre = model[0](batch).detach()
+        expected = (pre - pre.mean(0)) / torch.sqrt(pre.var(0, unbiased=False) + body_norm.eps)
+        expected = expected * body_norm.weight.detach() + body_norm.bias.detach()
+        torch.testing.assert_close(features, expected)
+    for k in ("0.weight", "1.weight", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(before[k], model.state_dict()[k]), k
+    assert body_norm.track_running_stats  # restored after training
+
+
 # ---------------------------------------------------------------------- FedRep
 def test_fedrep_heads_stay_on_clients_and_phases_freeze(local_grid, tmp_path):
     strategy = FedRep(**_kw(tmp_path))

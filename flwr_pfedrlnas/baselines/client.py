@@ -92,8 +92,14 @@ def train_parts(
     """SGD on the parameters whose name satisfies ``trainable``; the rest stays bit-for-bit.
 
     Frozen parameters get no gradient and are left out of the optimiser (no
-    weight decay either), and a BatchNorm layer whose parameters are all
-    frozen runs in eval mode, so its running statistics do not move.
+    weight decay either). A BatchNorm layer whose parameters are all frozen
+    still normalises with the batch's statistics, as in training, but stops
+    tracking them, so its running statistics do not move. (Running it in eval
+    mode instead would feed the trained part features normalised by stale
+    running statistics, which the test, after BatchNorm re-estimation, never
+    sees: torchvision's MobileNetV3 tracks with momentum 0.01, so after a
+    round its statistics are still near their initial values, and a head
+    trained on such features is of little use at test time.)
     Returns (mean loss, examples seen).
     """
     model.to(device)
@@ -106,14 +112,20 @@ def train_parts(
         return float("nan"), 0
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
+    frozen_norms = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             own = [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
             if own and not any(trainable(k) for k in own):
-                module.eval()
-    total, n = run_epochs(model, loader, optimizer, epochs, device)
-    for p in model.parameters():
-        p.requires_grad_(True)
+                module.track_running_stats = False  # batch statistics, buffers untouched
+                frozen_norms.append(module)
+    try:
+        total, n = run_epochs(model, loader, optimizer, epochs, device)
+    finally:
+        for module in frozen_norms:
+            module.track_running_stats = True
+        for p in model.parameters():
+            p.requires_grad_(True)
     return (total / n if n else float("nan")), n
 
 
