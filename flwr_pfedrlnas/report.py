@@ -69,6 +69,7 @@ TABLE_COLUMNS = [
     "acc-best-std",
     "latency-total-s",
     "bytes-per-round",
+    "round-wall-seconds",
     "wall-seconds",
 ]
 
@@ -393,7 +394,10 @@ def summarise_method(
         (the last evaluated round), ``best-round`` (the first round with the
         highest mean) with ``acc-best-mean`` / ``acc-best-std``,
         ``latency-total-s`` (last round), ``bytes-per-round`` (mean over rounds
-        of ``bytes-down + bytes-up``), ``wall-seconds``.
+        of ``bytes-down + bytes-up``), ``round-wall-seconds`` (median over
+        rounds of the wall time of a round, ``wall-seconds`` of ``rounds.csv``:
+        the simulation's own round time, without the run's start-up),
+        ``wall-seconds`` (the whole run).
     """
     nan = float("nan")
     out: dict[str, float | int | None] = {
@@ -405,6 +409,7 @@ def summarise_method(
         "acc-best-std": nan,
         "latency-total-s": nan,
         "bytes-per-round": nan,
+        "round-wall-seconds": nan,
         "wall-seconds": nan if wall_seconds is None else float(wall_seconds),
     }
     data = _evaluated(rounds)
@@ -422,6 +427,8 @@ def summarise_method(
     if len(rounds) and {"bytes-down", "bytes-up"} <= set(rounds.columns):
         moved = rounds["bytes-down"].fillna(0) + rounds["bytes-up"].fillna(0)
         out["bytes-per-round"] = float(moved.mean())
+    if len(rounds) and "wall-seconds" in rounds.columns:
+        out["round-wall-seconds"] = float(rounds["wall-seconds"].median())
     return out
 
 
@@ -449,6 +456,7 @@ def _markdown_table(table: pd.DataFrame) -> list[str]:
         "accuracy, best round (mean ± std)",
         "simulated latency (s)",
         "MB moved / round",
+        "wall s / round (median)",
         "wall time (s)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -462,6 +470,7 @@ def _markdown_table(table: pd.DataFrame) -> list[str]:
             f"{_fmt(row['acc-best-mean'], 3)} ± {_fmt(row['acc-best-std'], 3)}",
             _fmt(row["latency-total-s"], 1),
             _fmt(row["bytes-per-round"] / 1e6, 2),
+            _fmt(row["round-wall-seconds"], 1),
             _fmt(row["wall-seconds"], 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -90,8 +90,9 @@ def _write_method(directory: Path, rounds: list[dict], clients: list[dict]) -> N
     (directory / "config.json").write_text(json.dumps(config))
 
 
-def _round(r, mean, std, latency, down, up):
+def _round(r, mean, std, latency, down, up, wall=1.0):
     return {
+        "wall-seconds": wall,
         "round": r,
         "accuracy-mean": mean,
         "accuracy-std": std,
@@ -107,9 +108,9 @@ def test_report_numbers_from_synthetic_csvs(tmp_path):
     _write_method(
         tmp_path / "runs" / "a",
         [
-            _round(1, 0.2, 0.1, 5.0, 100, 50),
-            _round(2, 0.6, 0.2, 9.0, 300, 150),
-            _round(3, 0.5, 0.05, 12.5, 200, 100),
+            _round(1, 0.2, 0.1, 5.0, 100, 50, wall=9.0),
+            _round(2, 0.6, 0.2, 9.0, 300, 150, wall=2.0),
+            _round(3, 0.5, 0.05, 12.5, 200, 100, wall=3.0),
         ],
         [
             {"round": 3, "accuracy": acc, "arch": json.dumps(arch), "client-id": cid}
@@ -144,6 +145,7 @@ def test_report_numbers_from_synthetic_csvs(tmp_path):
     assert a["latency-total-s"] == 12.5
     assert a["bytes-per-round"] == pytest.approx((150 + 450 + 300) / 3)
     assert a["wall-seconds"] == 12.0
+    assert a["round-wall-seconds"] == 3.0  # median of 9, 2, 3
     # ties: the first round with the best mean; the last *evaluated* round
     assert (b["rounds"], b["best-round"]) == (4, 2)
     assert (b["acc-last-mean"], b["acc-last-std"]) == (0.3, 0.2)
@@ -159,7 +161,7 @@ def test_report_numbers_from_synthetic_csvs(tmp_path):
     assert csv.loc[0, "acc-best-mean"] == 0.6
     md = (out / "table.md").read_text()
     assert "Command: `x`; seed 0." in md.split("| method")[0]
-    assert "| Method A | 3 | 0.500 ± 0.050 | 2 | 0.600 ± 0.200 | 12.5 | 0.00 | 12 |" in md
+    assert "| Method A | 3 | 0.500 ± 0.050 | 2 | 0.600 ± 0.200 | 12.5 | 0.00 | 3.0 | 12 |" in md
     assert "No results for: `c`." in md
     # Theorem 1 for "a" only (its clients deploy different architectures); the label
     # mixes come from the embedded data's partition for 4 clients, seed 0, alpha 0.5.
