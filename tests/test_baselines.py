@@ -59,3 +59,26 @@ def test_fedavg_trains_the_largest_subnet_and_averages(local_grid, tmp_path):
     assert list(rounds["round"]) == [1, 2] and (rounds["num-evaluated"] == 3).all()
     assert (rounds["latency-round-s"] > 0).all()
     assert len(result.arrays) == len(family.subnet_shapes(family.largest_architecture()))
+
+
+def test_fedavg_evaluates_every_k_rounds_and_the_last(local_grid, tmp_path):
+    family = get_supernet("elastic-cnn", num_stages=2, base_width=4)
+    strategy = FedAvgFixedArch(
+        family,
+        clients_per_round=2,
+        min_available_nodes=3,
+        evaluate_every=2,
+        results_dir=str(tmp_path),
+    )
+    grid = local_grid(NODES, HANDLERS)
+    strategy.start(grid, num_rounds=3)
+    evaluated = [
+        m.content["config"]["server-round"]
+        for m in grid.sent
+        if "evaluate" in m.metadata.message_type
+    ]
+    assert evaluated == [2, 2, 2, 3, 3, 3]
+    rounds = pd.read_csv(tmp_path / "rounds.csv")
+    assert list(rounds["num-evaluated"]) == [0, 3, 3]
+    assert rounds["accuracy-mean"].isna().tolist() == [True, False, False]
+    assert (rounds["wall-seconds"] > 0).all()

@@ -46,6 +46,9 @@ class FedAvgFixedArch(FedAvg):
     bn_recalibration_batches : int (default: 0)
         Clients re-estimate BatchNorm statistics on this many local training
         batches before testing (-1: all, 0: off, plain FedAvg).
+    evaluate_every : int (default: 1)
+        Every client tests the global model every ``evaluate_every`` rounds
+        and in the last one; other rounds are recorded without accuracy.
     seed : int (default: 0)
         Seed of client sampling and of the initial weights.
     results_dir : str | None (default: None)
@@ -65,11 +68,15 @@ class FedAvgFixedArch(FedAvg):
         batch_size: int = 32,
         bandwidth_bps: float = DEFAULT_BANDWIDTH_BPS,
         bn_recalibration_batches: int = 0,
+        evaluate_every: int = 1,
         seed: int = 0,
         results_dir: str | None = None,
         run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(min_available_nodes=min_available_nodes)
+        if int(evaluate_every) < 1:
+            raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every!r}")
+        self.evaluate_every = int(evaluate_every)
         self.family = family
         self.arch = family.search_space.validate(arch or family.largest_architecture())
         self.clients_per_round = int(clients_per_round)
@@ -187,7 +194,10 @@ class FedAvgFixedArch(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Every client tests the global model on its own test split."""
+        """Every client tests the global model on its own test split (evaluation rounds)."""
+        last = self._total_rounds is not None and server_round >= self._total_rounds
+        if not last and server_round % self.evaluate_every:
+            return []
         nodes = sorted(grid.get_node_ids())
         return self._messages(
             arrays, self._config(server_round, config), nodes, MessageType.EVALUATE
@@ -232,15 +242,16 @@ class FedAvgFixedArch(FedAvg):
             "wall-seconds": time.perf_counter() - self._round.get("started", time.perf_counter()),
         }
         self.recorder.add_round(row)
+        if accuracies:
+            what = f"accuracy {mean:.4f} ± {std:.4f} over {len(accuracies)} clients"
+        else:
+            what = f"train accuracy {row['train-accuracy-mean']:.4f}"
         log(
             INFO,
-            "[round %d/%d] FedAvg | accuracy %.4f ± %.4f over %d clients | "
-            "latency %.2f s (total %.2f s) | wall %.1f s",
+            "[round %d/%d] FedAvg | %s | latency %.2f s (total %.2f s) | wall %.1f s",
             server_round,
             self._total_rounds or server_round,
-            mean,
-            std,
-            len(accuracies),
+            what,
             latency,
             self.latency_total,
             row["wall-seconds"],

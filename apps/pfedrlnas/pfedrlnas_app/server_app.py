@@ -33,6 +33,7 @@ def main(grid: Grid, context: Context) -> None:
             lr=float(cfg["lr"]),
             batch_size=int(cfg["batch-size"]),
             bn_recalibration_batches=int(cfg["bn-recalibration-batches"]),
+            evaluate_every=int(cfg["evaluate-every"]),
             bandwidth_bps=float(cfg["bandwidth-mbps"]) * 1e6,
             seed=int(cfg["seed"]),
             results_dir=output_dir(str(cfg["results-dir"])),
