@@ -801,7 +801,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 signal.signal(signal.SIGTERM, previous)
         failed = [r for r in records if not r.ok]
     source = args.source.resolve() if args.source else None
-    written = build_report(experiment, out, methods, argv, source=source)
+    # After runs, the table covers every method of the experiment with results in
+    # ``out`` (rerunning one method with --only refreshes its row in the full table);
+    # --report-only with --only reports just those methods.
+    reported = methods if args.report_only else list(experiment.methods)
+    written = build_report(experiment, out, reported, argv, source=source)
     print(f"[reproduce] wrote {', '.join(str(p) for p in written.values())}", flush=True)
     for record in failed:
         print(

@@ -279,6 +279,30 @@ def test_missing_app_is_named(tmp_path, capsys):
     assert main([str(path), "--only", "nope"]) == 2
 
 
+def test_rerunning_one_method_keeps_the_others_in_the_table(tmp_path, monkeypatch):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    out = tmp_path / "out"
+    clients = [{"round": 1, "accuracy": 0.5, "client-id": 0}]
+    _write_method(out / "pfedrlnas", [_round(1, 0.4, 0.1, 5.0, 10, 10)], clients)
+    ran = []
+
+    def fake_run(experiment, out_dir, methods, rounds=None, echo=True, argv=()):
+        for spec in methods:
+            ran.append(spec.name)
+            _write_method(out_dir / spec.name, [_round(1, 0.7, 0.1, 6.0, 20, 20)], clients)
+        return []
+
+    monkeypatch.setattr("flwr_pfedrlnas.reproduce.run_experiment", fake_run)
+    assert main([str(path), "--out", str(out), "--only", "fedavg-largest"]) == 0
+    assert ran == ["fedavg-largest"]
+    table = pd.read_csv(out / "table.csv")
+    assert list(table["method"]) == ["pfedrlnas", "fedavg-largest"]
+    assert list(table["acc-last-mean"]) == [0.4, 0.7]
+    assert main([str(path), "--out", str(out), "--only", "pfedrlnas", "--report-only"]) == 0
+    assert list(pd.read_csv(out / "table.csv")["method"]) == ["pfedrlnas"]
+
+
 def test_every_experiment_file_loads():
     files = sorted((REPO / "experiments").glob("*.toml"))
     assert files
