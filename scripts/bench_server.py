@@ -753,6 +753,10 @@ for comparison; it moves with the machine's load.
 
 {reading}
 
+## Simulation round time
+
+{round_time}
+
 Caveats:
 
 - The ratio compares *all* the server work of a PerFedRLNAS round with the
@@ -771,6 +775,54 @@ Caveats:
   `incorporate` (N subnet copies in memory), and the merge accumulates in float64
   over the whole supernet; FedAvg accumulates in place in the arrays' dtype.
 """
+
+
+ROUND_TIME_TABLE = REPO / "results" / "round-time-cpu" / "table.csv"
+
+
+def round_time_section(table_csv: Path = ROUND_TIME_TABLE) -> str:
+    """The simulation round time of PerFedRLNAS against FedAvg on the largest subnet.
+
+    Measured by ``python -m flwr_pfedrlnas.reproduce round-time-cpu`` (both
+    methods through ``flwr run``, one after the other, training rounds only);
+    this script only reads that run's ``table.csv``.
+    """
+    how = (
+        "Whole rounds through Flower's simulation engine (sampling, the clients' "
+        "training, transfers, the server's work), PerFedRLNAS against FedAvg on the "
+        "largest subnet of the same supernet, both run back to back by "
+        "`python -m flwr_pfedrlnas.reproduce round-time-cpu` "
+        "(settings and commands in [its table](../round-time-cpu/table.md))."
+    )
+    if not table_csv.is_file():
+        return how + f" Not measured yet: `{table_csv}` is missing."
+    import pandas as pd
+
+    table = pd.read_csv(table_csv).set_index("method")
+    if not {"pfedrlnas", "fedavg-largest"} <= set(table.index):
+        return how + " Its table lacks one of the two methods."
+    p, f = table.loc["pfedrlnas"], table.loc["fedavg-largest"]
+    ratio = p["round-wall-seconds"] / f["round-wall-seconds"]
+    lines = [
+        how,
+        "",
+        "| Method | Wall s / round (median) | Simulated latency / round (s) | MB moved / round |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in (p, f):
+        lines.append(
+            f"| {row['label']} | {row['round-wall-seconds']:.1f} "
+            f"| {row['latency-total-s'] / row['rounds']:.2f} "
+            f"| {row['bytes-per-round'] / 1e6:.2f} |"
+        )
+    lines += [
+        "",
+        f"A PerFedRLNAS round takes {ratio:.2f}x the wall time of a FedAvg round on the "
+        f"largest subnet ({p['round-wall-seconds']:.1f} s against "
+        f"{f['round-wall-seconds']:.1f} s, medians over {int(p['rounds'])} rounds): "
+        "its clients train and move sampled subnets, most smaller than the largest.",
+    ]
+    return "\n".join(lines)
 
 
 def write_readme(
@@ -805,6 +857,7 @@ def write_readme(
         time_table=time_table(rows),
         bytes_table=bytes_table(byte_rows),
         reading=reading(rows, byte_rows),
+        round_time=round_time_section(),
     )
     (out / "README.md").write_text(text)
 

@@ -47,3 +47,18 @@ def test_quick_run_writes_positive_finite_figures(tmp_path):
 
     assert paths["plot"].stat().st_size > 0
     assert "python scripts/bench_server.py" in paths["readme"].read_text()
+
+
+def test_round_time_section_reads_the_ratio_from_the_round_time_table(tmp_path):
+    bench = _load_script()
+    table = tmp_path / "table.csv"
+    table.write_text(
+        "method,label,rounds,latency-total-s,bytes-per-round,round-wall-seconds\n"
+        "pfedrlnas,PerFedRLNAS,10,65.0,5760000,8.0\n"
+        "fedavg-largest,FedAvg largest,10,99.0,9530000,20.0\n"
+    )
+    text = bench.round_time_section(table)
+    assert "0.40x" in text  # 8.0 / 20.0
+    assert "| PerFedRLNAS | 8.0 | 6.50 | 5.76 |" in text
+    assert "| FedAvg largest | 20.0 | 9.90 | 9.53 |" in text
+    assert "Not measured yet" in bench.round_time_section(tmp_path / "none.csv")
