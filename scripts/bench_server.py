@@ -753,10 +753,6 @@ for comparison; it moves with the machine's load.
 
 {reading}
 
-## Simulation round time
-
-{round_time}
-
 Caveats:
 
 - The ratio compares *all* the server work of a PerFedRLNAS round with the
@@ -774,6 +770,10 @@ Caveats:
 - PerFedRLNAS keeps each sampled client's extracted subnet between `propose` and
   `incorporate` (N subnet copies in memory), and the merge accumulates in float64
   over the whole supernet; FedAvg accumulates in place in the arrays' dtype.
+
+## Simulation round time
+
+{round_time}
 """
 
 
