@@ -239,7 +239,22 @@ def _test(
     train_loader: DataLoader | None,
     device: torch.device,
 ) -> tuple[float, float, int]:
-    """Test, after re-estimating BatchNorm statistics when the config asks for it."""
+    """Test, after local fine-tuning and BatchNorm re-estimation when the config asks.
+
+    ``finetune-epochs`` > 0 (the strategy sends it in the final evaluation
+    only, when configured): SGD on every weight of ``model`` over the local
+    training data first, at the config's ``lr``; the fine-tuned weights serve
+    this test and are never uploaded.
+    """
+    finetune = int(config.get(m.FINETUNE_EPOCHS, 0))
+    if finetune > 0:
+        if train_loader is None:
+            raise ValueError(
+                f"{m.FINETUNE_EPOCHS}={finetune} needs this client's training data, "
+                "but the evaluate handler was given no train_loader"
+            )
+        lr = float(config.get(m.LR, 0.05))
+        train(model, train_loader, epochs=finetune, lr=lr, device=device, measure_memory=False)
     batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
     if batches != 0 and train_loader is not None:
         recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, device)
@@ -257,8 +272,10 @@ def evaluate_subnet(
 ) -> Message:
     """Handle an evaluate message: test the given subnet on the own test split.
 
-    When the config carries ``bn-recalibration-batches`` (non-zero; -1 = all)
-    and ``train_loader`` is given, BatchNorm statistics are first re-estimated
+    When the config carries ``finetune-epochs`` (> 0), the subnet is first
+    fine-tuned on the local training data (``train_loader``), weights not
+    kept; when it carries ``bn-recalibration-batches`` (non-zero; -1 = all)
+    and ``train_loader`` is given, BatchNorm statistics are then re-estimated
     on that many local training batches (no weight changes).
     """
     config = msg.content[configrecord_key]
@@ -268,7 +285,12 @@ def evaluate_subnet(
     content = RecordDict(
         {
             "metrics": MetricRecord(
-                {m.NUM_EXAMPLES: n, m.ACCURACY: float(accuracy), "loss": float(loss)}
+                {
+                    m.NUM_EXAMPLES: n,
+                    m.ACCURACY: float(accuracy),
+                    "loss": float(loss),
+                    m.FINETUNE_EPOCHS: int(config.get(m.FINETUNE_EPOCHS, 0)),
+                }
             ),
             configrecord_key: ConfigRecord(
                 {m.ARCH: architecture_to_json(arch), m.CLIENT_ID: client_id_from_context(context)}

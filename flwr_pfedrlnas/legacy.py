@@ -55,6 +55,7 @@ class PerFedRLNASLegacy(Strategy):
         fraction_evaluate: float = 1.0,
         evaluate_every: int = 1,
         bn_recalibration_batches: int = -1,
+        finetune_epochs: int = 0,
         search_config: SearchConfig | None = None,
         local_epochs: int = 1,
         lr: float = 0.05,
@@ -77,6 +78,7 @@ class PerFedRLNASLegacy(Strategy):
             batch_size=batch_size,
             evaluate_every=evaluate_every,
             bn_recalibration_batches=bn_recalibration_batches,
+            finetune_epochs=finetune_epochs,
             results_dir=results_dir,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
@@ -258,7 +260,9 @@ class PerFedRLNASLegacy(Strategy):
             arch, state = self.session.deploy(cid)
             ins = EvaluateIns(
                 ndarrays_to_parameters(list(state.values())),
-                self._config(arch, server_round, self.session.evaluate_config()),
+                self._config(
+                    arch, server_round, self.session.evaluate_config(server_round=server_round)
+                ),
             )
             instructions.append((by_client[cid], ins))
         return instructions

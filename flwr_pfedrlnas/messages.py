@@ -20,6 +20,7 @@ __all__ = [
     "BN_RECALIBRATION_BATCHES",
     "CLIENT_ID",
     "COMPUTE_SECONDS",
+    "FINETUNE_EPOCHS",
     "LOCAL_EPOCHS",
     "LR",
     "MEMORY_BUDGET_BYTES",
@@ -47,6 +48,8 @@ LOCAL_EPOCHS = "local-epochs"
 LR = "lr"
 BATCH_SIZE = "batch-size"
 BN_RECALIBRATION_BATCHES = "bn-recalibration-batches"
+# Epochs of local fine-tuning before a test (final evaluation only); the result is not kept.
+FINETUNE_EPOCHS = "finetune-epochs"
 # Evaluate-type message of a search-only round (new clients): test, never train or upload.
 SEARCH_ONLY = "search-only"
 # MetricRecord keys, client -> server.

@@ -138,6 +138,7 @@ def strategy_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         "clients_per_round": int(cfg["clients-per-round"]),
         "evaluate_every": int(cfg["evaluate-every"]),
         "bn_recalibration_batches": int(cfg["bn-recalibration-batches"]),
+        "finetune_epochs": int(cfg.get("finetune-epochs", 0)),
         "search_config": search_config_from_run_config(cfg),
         "local_epochs": int(cfg["local-epochs"]),
         "lr": float(cfg["lr"]),

@@ -40,6 +40,7 @@ class SearchSession:
         batch_size: int = 32,
         evaluate_every: int = 1,
         bn_recalibration_batches: int = -1,
+        finetune_epochs: int = 0,
         results_dir: str | None = None,
         checkpoint_dir: str | None = None,
         resume: bool = False,
@@ -55,6 +56,7 @@ class SearchSession:
             "lr": lr > 0,
             "batch_size": batch_size >= 1,
             "evaluate_every": evaluate_every >= 1,
+            "finetune_epochs": finetune_epochs >= 0,
             "num_new_clients": num_new_clients >= 0,
             "new_client_rounds": new_client_rounds >= 0,
         }
@@ -69,6 +71,7 @@ class SearchSession:
         self.batch_size = int(batch_size)
         self.evaluate_every = int(evaluate_every)
         self.bn_recalibration_batches = int(bn_recalibration_batches)
+        self.finetune_epochs = int(finetune_epochs)
         self.results_dir = results_dir
         self.checkpoint_dir = checkpoint_dir
         self.run_config = dict(run_config or {})
@@ -153,12 +156,29 @@ class SearchSession:
         config.update(dict(extra or {}))
         return config
 
-    def evaluate_config(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Evaluation settings sent to every client (user config overrides)."""
+    def finetune_epochs_at(self, server_round: int) -> int:
+        """Fine-tuning epochs before the test of ``server_round``: only in the last round."""
+        round_no = self.global_round(server_round)
+        last = self.total_rounds is not None and round_no >= self.total_rounds
+        return self.finetune_epochs if last else 0
+
+    def evaluate_config(
+        self, extra: Mapping[str, Any] | None = None, server_round: int | None = None
+    ) -> dict[str, Any]:
+        """Evaluation settings sent to every client (user config overrides).
+
+        With ``finetune_epochs`` > 0, the evaluation of the last round (given
+        ``server_round``) also asks each client to fine-tune its deployed
+        subnet locally for that many epochs, at the training ``lr``, before
+        its test.
+        """
         config: dict[str, Any] = {
             m.BATCH_SIZE: self.batch_size,
             m.BN_RECALIBRATION_BATCHES: self.bn_recalibration_batches,
         }
+        if server_round is not None and self.finetune_epochs_at(server_round) > 0:
+            config[m.FINETUNE_EPOCHS] = self.finetune_epochs_at(server_round)
+            config[m.LR] = self.lr
         config.update(dict(extra or {}))
         return config
 
@@ -291,6 +311,7 @@ class SearchSession:
             "accuracy-mean": mean,
             "accuracy-std": std,
             "num-evaluated": len(accuracies),
+            "finetune-epochs": self.finetune_epochs_at(server_round) if accuracies else 0,
             "latency-round-s": latency,
             "latency-total-s": self.latency_total,
             "server-seconds": self.server_seconds,
@@ -388,10 +409,11 @@ class SearchSession:
         log(INFO, "\t├──> Merge: count-normalised, weighted by %s", cfg.weighting)
         log(
             INFO,
-            "\t└──> Clients: %d local epochs, lr %.3g, batch %d",
+            "\t└──> Clients: %d local epochs, lr %.3g, batch %d; final fine-tuning %d epochs",
             self.local_epochs,
             self.lr,
             self.batch_size,
+            self.finetune_epochs,
         )
 
     def config_record(self) -> dict[str, Any]:
@@ -406,6 +428,7 @@ class SearchSession:
             "lr": self.lr,
             "batch-size": self.batch_size,
             "bn-recalibration-batches": self.bn_recalibration_batches,
+            "finetune-epochs": self.finetune_epochs,
             "search": {
                 "policy-lr": cfg.policy_lr,
                 "policy-optimizer": cfg.policy_optimizer,

@@ -59,6 +59,12 @@ class PerFedRLNAS(Strategy):
         statistics on this many local training batches (-1: all, 0: off).
         Shared running statistics are averages over different subnets; as in
         once-for-all, a subnet's own statistics are recomputed, weights untouched.
+    finetune_epochs : int (default: 0)
+        Epochs of local fine-tuning of each client's deployed subnet before
+        the last round's test (sent as ``finetune-epochs``; the fine-tuned
+        weights are not uploaded). 0 deploys the subnet as it is cut from the
+        supernet, the paper's protocol; > 0 compares like for like with
+        FedAvg + fine-tuning.
     search_config : SearchConfig | None (default: None)
         Policy, reward and merge settings; ``SearchConfig()`` when ``None``.
     local_epochs : int (default: 1)
@@ -104,6 +110,7 @@ class PerFedRLNAS(Strategy):
         fraction_evaluate: float = 1.0,
         evaluate_every: int = 1,
         bn_recalibration_batches: int = -1,
+        finetune_epochs: int = 0,
         search_config: SearchConfig | None = None,
         local_epochs: int = 1,
         lr: float = 0.05,
@@ -131,6 +138,7 @@ class PerFedRLNAS(Strategy):
             batch_size=batch_size,
             evaluate_every=evaluate_every,
             bn_recalibration_batches=bn_recalibration_batches,
+            finetune_epochs=finetune_epochs,
             results_dir=results_dir,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
@@ -423,7 +431,10 @@ class PerFedRLNAS(Strategy):
                 {
                     self.arrayrecord_key: m.arrays_to_record(state),
                     self.configrecord_key: m.subnet_config(
-                        self.family, arch, round_no, self.session.evaluate_config(config)
+                        self.family,
+                        arch,
+                        round_no,
+                        self.session.evaluate_config(config, server_round),
                     ),
                 }
             )

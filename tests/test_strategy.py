@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 from flwr.serverapp.strategy import Result
@@ -171,3 +172,90 @@ def test_evaluation_asks_for_bn_recalibration(local_grid, tmp_path):
     msgs = list(strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), grid))
     assert {m.content["config"]["bn-recalibration-batches"] for m in msgs} == {2}
     assert {m.content["config"]["batch-size"] for m in msgs} == {32}
+
+
+def test_final_evaluation_asks_for_fine_tuning_only_in_the_last_round(local_grid, tmp_path):
+    strategy = _strategy(tmp_path, finetune_epochs=2, lr=0.03)
+    evaluated = []
+
+    def evaluate(msg, ctx):
+        evaluated.append(dict(msg.content["config"]))
+        return evaluate_subnet(msg, ctx, _loaders(ctx)[1], train_loader=_loaders(ctx)[0])
+
+    grid = local_grid(NODES, {**HANDLERS, "evaluate": evaluate})
+    strategy.start(grid, num_rounds=2)
+    assert [c["server-round"] for c in evaluated] == [1, 1, 1, 2, 2, 2]
+    assert all("finetune-epochs" not in c for c in evaluated[:3])
+    assert all(c["finetune-epochs"] == 2 and c["lr"] == pytest.approx(0.03) for c in evaluated[3:])
+    rounds = pd.read_csv(tmp_path / "results" / "rounds.csv")
+    assert list(rounds["finetune-epochs"]) == [0, 2]
+
+
+def test_no_fine_tuning_by_default(local_grid, tmp_path):
+    strategy = _strategy(tmp_path)
+    strategy.session.total_rounds = 1
+    msgs = list(
+        strategy.configure_evaluate(1, ArrayRecord(), ConfigRecord(), local_grid(NODES, HANDLERS))
+    )
+    assert all("finetune-epochs" not in m.content["config"] for m in msgs)
+
+
+def test_fine_tuning_client_tests_the_fine_tuned_subnet_and_uploads_nothing(local_grid, tmp_path):
+    import torch
+    from flwr.app import Context, MessageType, RecordDict
+
+    from flwr_pfedrlnas.aggregation import extract_subnet
+    from flwr_pfedrlnas.messages import arrays_to_record, subnet_config
+    from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, train
+
+    family = _family()
+    arch = family.largest_architecture()
+    state = extract_subnet(family, family.init_supernet_state(0), arch)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = load_client_data("embedded", partition_id=0, num_partitions=20, alpha=1.0, seed=0)
+    # No shuffling: the handler and the check below see the same batches in the same order.
+    train_loader = DataLoader(
+        TensorDataset(torch.from_numpy(data.train_x), torch.from_numpy(data.train_y)), 32
+    )
+    test_loader = DataLoader(
+        TensorDataset(torch.from_numpy(data.test_x), torch.from_numpy(data.test_y)), 32
+    )
+    ctx = Context(
+        run_id=1, node_id=1, node_config={"client-id": "a"}, state=RecordDict(), run_config={}
+    )
+
+    def reply(epochs):
+        config = {"bn-recalibration-batches": -1, "lr": 0.05}
+        if epochs:
+            config["finetune-epochs"] = epochs
+        content = RecordDict(
+            {
+                "arrays": arrays_to_record(state),
+                "config": ConfigRecord(subnet_config(family, arch, 3, config)),
+            }
+        )
+        msg = Message(content=content, dst_node_id=1, message_type=MessageType.EVALUATE)
+        return evaluate_subnet(msg, ctx, test_loader, train_loader=train_loader).content
+
+    tuned, plain = reply(1), reply(0)
+    model = family.build_subnet(arch)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    train(model, train_loader, epochs=1, lr=0.05, measure_memory=False)
+    recalibrate_batchnorm(model, train_loader)
+    loss, accuracy, _ = evaluate(model, test_loader)
+    assert tuned["metrics"]["loss"] == pytest.approx(loss, rel=1e-6)
+    assert tuned["metrics"]["accuracy"] == pytest.approx(accuracy)
+    assert tuned["metrics"]["finetune-epochs"] == 1 and plain["metrics"]["finetune-epochs"] == 0
+    assert plain["metrics"]["loss"] != pytest.approx(loss, rel=1e-3)
+    assert not tuned.array_records  # nothing uploaded
+
+    content = RecordDict(
+        {
+            "arrays": arrays_to_record(state),
+            "config": ConfigRecord(subnet_config(family, arch, 3, {"finetune-epochs": 1})),
+        }
+    )
+    msg = Message(content=content, dst_node_id=1, message_type=MessageType.EVALUATE)
+    with pytest.raises(ValueError, match="finetune-epochs=1 needs this client's training data"):
+        evaluate_subnet(msg, ctx, test_loader)

@@ -49,7 +49,7 @@ NUM_CLASSES = "num-classes"
 IN_CHANNELS = "in-channels"
 SEED = "seed"
 HEAD_EPOCHS = "head-epochs"
-FINETUNE_EPOCHS = "finetune-epochs"
+FINETUNE_EPOCHS = m.FINETUNE_EPOCHS
 CLIENT_STATE_DIR = "client-state-dir"
 
 # load_data(context, batch_size) -> (train_loader, test_loader)
