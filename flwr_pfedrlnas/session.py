@@ -140,10 +140,15 @@ class SearchSession:
         """Round number of the whole run (Flower restarts at 1 after a resume)."""
         return self.round_offset + int(server_round)
 
+    def is_last_round(self, server_round: int) -> bool:
+        """Whether ``server_round`` is the run's last training round (when known)."""
+        return (
+            self.total_rounds is not None and self.global_round(server_round) >= self.total_rounds
+        )
+
     def is_evaluation_round(self, server_round: int) -> bool:
         round_no = self.global_round(server_round)
-        last = self.total_rounds is not None and round_no >= self.total_rounds
-        return last or round_no % self.evaluate_every == 0
+        return self.is_last_round(server_round) or round_no % self.evaluate_every == 0
 
     # ------------------------------------------------------------------ round
     def client_config(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -158,9 +163,7 @@ class SearchSession:
 
     def finetune_epochs_at(self, server_round: int) -> int:
         """Fine-tuning epochs before the test of ``server_round``: only in the last round."""
-        round_no = self.global_round(server_round)
-        last = self.total_rounds is not None and round_no >= self.total_rounds
-        return self.finetune_epochs if last else 0
+        return self.finetune_epochs if self.is_last_round(server_round) else 0
 
     def evaluate_config(
         self, extra: Mapping[str, Any] | None = None, server_round: int | None = None
