@@ -235,7 +235,7 @@ supernet-config = '{SUPERNET_CONFIG}'
 # Large batches and a 2-batch BatchNorm re-estimation keep the CPU time small.
 batch-size = 128
 bn-recalibration-batches = 2
-finetune-epochs = 1
+head-epochs = 1
 [[method]]
 name = "pfedrlnas"
 label = "PerFedRLNAS"
@@ -259,8 +259,8 @@ def test_config_and_run_config(tmp_path):
     from flwr_pfedrlnas.reproduce import app_defaults
 
     config = method_run_config(exp, spec, app_defaults(app), tmp_path / "x", rounds=3)
-    # finetune-epochs is not a key of apps/pfedrlnas: not passed
-    assert "finetune-epochs" not in config
+    # head-epochs is not a key of apps/pfedrlnas (only of apps/baselines): not passed
+    assert "head-epochs" not in config
     assert config["num-server-rounds"] == 3 and config["method"] == "fedavg-largest"
     assert config["results-dir"] == str(tmp_path / "x")
     assert format_config({"a": 1, "b": "x", "c": 0.5, "d": True, "e": '{"k": 1}'}) == (
