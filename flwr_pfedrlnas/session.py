@@ -179,8 +179,9 @@ class SearchSession:
             m.BATCH_SIZE: self.batch_size,
             m.BN_RECALIBRATION_BATCHES: self.bn_recalibration_batches,
         }
-        if server_round is not None and self.finetune_epochs_at(server_round) > 0:
-            config[m.FINETUNE_EPOCHS] = self.finetune_epochs_at(server_round)
+        finetune = 0 if server_round is None else self.finetune_epochs_at(server_round)
+        if finetune > 0:
+            config[m.FINETUNE_EPOCHS] = finetune
             config[m.LR] = self.lr
         config.update(dict(extra or {}))
         return config
