@@ -38,10 +38,10 @@ import numpy as np
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-import flwr_pfedrlnas.search as search_mod
-from flwr_pfedrlnas import messages as m
-from flwr_pfedrlnas.aggregation import extract_subnet, state_num_bytes
-from flwr_pfedrlnas.search import ClientReply, PerFedRLNASSearch, SearchConfig
+import flwr_pfedrlnas.core.search as search_mod
+from flwr_pfedrlnas.core.aggregation import extract_subnet, state_num_bytes
+from flwr_pfedrlnas.core.search import ClientReply, PerFedRLNASSearch, SearchConfig
+from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.supernets import SupernetFamily, cpu_preset, get_supernet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +180,7 @@ def _timed(fn: Callable, clock: Clock, part: str) -> Callable:
 def instrumented(family: SupernetFamily, clock: Clock) -> Iterator[None]:
     """Time the validation and the merge inside ``incorporate``, and shape derivation.
 
-    Wraps the names that :mod:`flwr_pfedrlnas.search` calls (and the family's
+    Wraps the names that :mod:`flwr_pfedrlnas.core.search` calls (and the family's
     ``subnet_shapes``) for the duration of the block; nothing else changes.
     """
     saved = {
@@ -783,7 +783,7 @@ ROUND_TIME_TABLE = REPO / "results" / "round-time-cpu" / "table.csv"
 def round_time_section(table_csv: Path = ROUND_TIME_TABLE) -> str:
     """The simulation round time of PerFedRLNAS against FedAvg on the largest subnet.
 
-    Measured by ``python -m flwr_pfedrlnas.reproduce round-time-cpu`` (both
+    Measured by ``python -m flwr_pfedrlnas.experiments.reproduce round-time-cpu`` (both
     methods through ``flwr run``, one after the other, training rounds only);
     this script only reads that run's ``table.csv``.
     """
@@ -791,7 +791,7 @@ def round_time_section(table_csv: Path = ROUND_TIME_TABLE) -> str:
         "Whole rounds through Flower's simulation engine (sampling, the clients' "
         "training, transfers, the server's work), PerFedRLNAS against FedAvg on the "
         "largest subnet of the same supernet, both run back to back by "
-        "`python -m flwr_pfedrlnas.reproduce round-time-cpu` "
+        "`python -m flwr_pfedrlnas.experiments.reproduce round-time-cpu` "
         "(settings and commands in [its table](../round-time-cpu/table.md))."
     )
     if not table_csv.is_file():

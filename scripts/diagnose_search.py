@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flwr_pfedrlnas.aggregation import extract_subnet
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.search import PerFedRLNASSearch
+from flwr_pfedrlnas.core.aggregation import extract_subnet
+from flwr_pfedrlnas.core.search import PerFedRLNASSearch
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm
 
 

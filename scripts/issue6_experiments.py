@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
 
-from flwr_pfedrlnas import messages as m
 from flwr_pfedrlnas.baselines import FedAvgFixedArch
-from flwr_pfedrlnas.client import evaluate_subnet, identify, train_subnet
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.profiles import MB, ProfileDistribution
-from flwr_pfedrlnas.search import SearchConfig
-from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.core.profiles import MB, ProfileDistribution
+from flwr_pfedrlnas.core.search import SearchConfig
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 from flwr_pfedrlnas.training import training_peak_memory
 
@@ -153,7 +153,7 @@ def peak_of(cid: str, arch) -> float:
 
 # ---------------------------------------------------------------- memory + new clients
 def memory_and_new_clients(args) -> None:
-    from flwr_pfedrlnas.aggregation import extract_subnet
+    from flwr_pfedrlnas.core.aggregation import extract_subnet
 
     control = args.eq8_control
     mem_dir, new_dir = ROOT / "results/memory", ROOT / "results/new_clients"

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from flwr_pfedrlnas.aggregation import extract_subnet, state_num_bytes
-from flwr_pfedrlnas.search_space import Architecture
+from flwr_pfedrlnas.core.aggregation import extract_subnet, state_num_bytes
+from flwr_pfedrlnas.core.search_space import Architecture
 from flwr_pfedrlnas.supernets import (
     CPU_PRESETS,
     SupernetFamily,
@@ -281,7 +281,7 @@ def markdown(rows: list[Instance], command: str, runtime_s: float) -> str:
         "(`mobilenetv3`), 1x3x32x32 (`darts`), and for `nasvit` the resolution of the "
         "architecture: 192x192 for the smallest, 288x288 for the largest.",
         "- **Bytes** are the `nbytes` of the extracted subnet state "
-        "(`flwr_pfedrlnas.aggregation.extract_subnet` / `state_num_bytes`): float32 "
+        "(`flwr_pfedrlnas.core.aggregation.extract_subnet` / `state_num_bytes`): float32 "
         "weights plus BatchNorm buffers (running mean/var float32, `num_batches_tracked` "
         "int64), i.e. the payload of one transfer. A round sends the subnet down and back "
         "up, so bytes/round = 2 x one way. **Supernet bytes** is the state of "

@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import LocalGrid  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from flwr_pfedrlnas import messages as m  # noqa: E402
-from flwr_pfedrlnas.client import evaluate_subnet, identify, train_subnet  # noqa: E402
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders  # noqa: E402
-from flwr_pfedrlnas.search import SearchConfig  # noqa: E402
-from flwr_pfedrlnas.strategy import PerFedRLNAS  # noqa: E402
+from flwr_pfedrlnas.core.search import SearchConfig  # noqa: E402
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders  # noqa: E402
+from flwr_pfedrlnas.flower import messages as m  # noqa: E402
+from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet  # noqa: E402
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS  # noqa: E402
 from flwr_pfedrlnas.supernets import get_supernet  # noqa: E402
 
 NODES = {11: {"client-id": "0"}, 22: {"client-id": "1"}, 33: {"client-id": "2"}}

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from flwr_pfedrlnas.aggregation import check_subnet_state, extract_subnet, merge_subnets
-from flwr_pfedrlnas.search_space import Dimension, SearchSpace
+from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.search_space import Dimension, SearchSpace
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 from flwr.app import ConfigRecord
 
 from flwr_pfedrlnas.baselines import FedAvgFixedArch
-from flwr_pfedrlnas.client import evaluate_subnet, identify, train_subnet
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.messages import record_to_arrays
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.messages import record_to_arrays
 from flwr_pfedrlnas.supernets import get_supernet
 
 NODES = {11: {"partition-id": 0}, 22: {"partition-id": 1}, 33: {"partition-id": 2}}

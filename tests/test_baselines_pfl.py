@@ -30,8 +30,8 @@ from flwr_pfedrlnas.baselines import (
 )
 from flwr_pfedrlnas.baselines.client import personal_key
 from flwr_pfedrlnas.baselines.models import attention_keys, is_head_key
-from flwr_pfedrlnas.client import identify
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower.client import identify
 
 MNV3 = {"width_mult": 0.25}
 VIT = {"dim": 16, "depth": 2, "heads": 2, "patch_size": 8, "mlp_ratio": 1.0}

@@ -1,4 +1,4 @@
-"""Tests of flwr_pfedrlnas.datasets: sources, Dirichlet partitions, splits, loaders."""
+"""Tests of flwr_pfedrlnas.data.datasets: sources, Dirichlet partitions, splits, loaders."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_pfedrlnas import datasets as D
+from flwr_pfedrlnas.data import datasets as D
 
 IDX_DIR = Path("/work/shared/data/fashion-mnist")
 K = 8

@@ -40,11 +40,11 @@ from flwr.common import (
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from flwr_pfedrlnas import messages as m
-from flwr_pfedrlnas.client import identify
-from flwr_pfedrlnas.legacy import PerFedRLNASLegacy
-from flwr_pfedrlnas.search import SearchConfig
-from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.core.search import SearchConfig
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import identify
+from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 
 NODES = {101: {"client-id": "alice"}, 202: {"client-id": "bob"}, 303: {"client-id": "carol"}}
@@ -665,7 +665,7 @@ def test_legacy_exception_failure_is_logged(legacy_control, caplog):
 
 # ---------------------------------------------------------------------- checkpoints
 def _core_after_rounds(rounds):
-    from flwr_pfedrlnas.search import ClientReply, PerFedRLNASSearch
+    from flwr_pfedrlnas.core.search import ClientReply, PerFedRLNASSearch
 
     search = PerFedRLNASSearch(_family(), SearchConfig(seed=2))
     for rnd in range(1, rounds + 1):
@@ -689,8 +689,8 @@ def _core_after_rounds(rounds):
 
 @pytest.mark.parametrize("crash_on", ["npz", "json"])
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch, crash_on):
-    from flwr_pfedrlnas import search as search_module
-    from flwr_pfedrlnas.search import PerFedRLNASSearch
+    from flwr_pfedrlnas.core import search as search_module
+    from flwr_pfedrlnas.core.search import PerFedRLNASSearch
 
     search = _core_after_rounds(1)
     search.save(tmp_path)
@@ -719,7 +719,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypat
 
 
 def test_checkpoint_never_unpickles(tmp_path):
-    from flwr_pfedrlnas.search import PerFedRLNASSearch
+    from flwr_pfedrlnas.core.search import PerFedRLNASSearch
 
     _core_after_rounds(1).save(tmp_path)
     meta = json.loads((tmp_path / "state.json").read_text())

@@ -12,15 +12,15 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from flwr_pfedrlnas import client as client_mod
-from flwr_pfedrlnas import messages as m
-from flwr_pfedrlnas.aggregation import merge_subnets, state_num_bytes
-from flwr_pfedrlnas.client import SubnetClient, evaluate_subnet, identify, train_subnet
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.profiles import DeviceProfile, ProfileDistribution, parse_choices
-from flwr_pfedrlnas.rewards import round_time
-from flwr_pfedrlnas.search import ClientReply, PerFedRLNASSearch, SearchConfig
-from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.core.aggregation import merge_subnets, state_num_bytes
+from flwr_pfedrlnas.core.profiles import DeviceProfile, ProfileDistribution, parse_choices
+from flwr_pfedrlnas.core.rewards import round_time
+from flwr_pfedrlnas.core.search import ClientReply, PerFedRLNASSearch, SearchConfig
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower import client as client_mod
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import SubnetClient, evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 
 MB = 2**20
@@ -151,7 +151,7 @@ def test_profiles_are_seeded_per_client_and_deterministic():
     assert len({p.memory_budget_bytes for p in first.values()}) == 2
     # The same in another process (no dependence on hash randomisation).
     code = (
-        "from flwr_pfedrlnas.profiles import ProfileDistribution as P;"
+        "from flwr_pfedrlnas.core.profiles import ProfileDistribution as P;"
         "print(P(seed=7, speed_factor_min=1.0, speed_factor_max=8.0,"
         " memory_budget_choices_mb=(16, 64)).profile('3'))"
     )
@@ -348,7 +348,7 @@ def test_run_config_turns_the_features_on():
 
     import tomllib
 
-    from flwr_pfedrlnas.runconfig import message_api_kwargs, search_config_from_run_config
+    from flwr_pfedrlnas.flower.runconfig import message_api_kwargs, search_config_from_run_config
 
     app = Path(__file__).resolve().parent.parent / "apps" / "pfedrlnas"
     cfg = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_pfedrlnas.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
 from flwr_pfedrlnas.supernets import available_supernets, get_supernet, numpy_to_state
 from flwr_pfedrlnas.supernets.mobilenetv3 import MobileNetV3Family
 

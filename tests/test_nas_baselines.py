@@ -13,8 +13,6 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader, TensorDataset
 
-from flwr_pfedrlnas import messages as m
-from flwr_pfedrlnas.aggregation import extract_subnet
 from flwr_pfedrlnas.baselines.nas import (
     NAS_BASELINES,
     FedNAS,
@@ -29,9 +27,11 @@ from flwr_pfedrlnas.baselines.nas import (
 )
 from flwr_pfedrlnas.baselines.nas.base import weighted_mean
 from flwr_pfedrlnas.baselines.nas.fednas import ALPHAS
-from flwr_pfedrlnas.client import identify
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.search_space import architecture_from_json
+from flwr_pfedrlnas.core.aggregation import extract_subnet
+from flwr_pfedrlnas.core.search_space import architecture_from_json
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import identify
 from flwr_pfedrlnas.supernets import get_supernet
 
 OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]

@@ -15,7 +15,6 @@ import torch
 from flwr.app import Array, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from torch.utils.data import DataLoader, TensorDataset
 
-from flwr_pfedrlnas import messages as m
 from flwr_pfedrlnas.baselines.nas.base import NAS_STEP, content_bytes
 from flwr_pfedrlnas.baselines.nas.client import handle
 from flwr_pfedrlnas.baselines.nas.fedoras import (
@@ -26,9 +25,10 @@ from flwr_pfedrlnas.baselines.nas.fedoras import (
     candidate_key,
     evaluate_candidates,
 )
-from flwr_pfedrlnas.client import identify
-from flwr_pfedrlnas.profiles import ProfileDistribution
-from flwr_pfedrlnas.search_space import architecture_from_json, architecture_to_json
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
+from flwr_pfedrlnas.core.search_space import architecture_from_json, architecture_to_json
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import identify
 from flwr_pfedrlnas.supernets import get_supernet
 
 FAMILY = get_supernet(

@@ -14,8 +14,6 @@ import torch
 from flwr.app import Array, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from torch.utils.data import DataLoader, TensorDataset
 
-from flwr_pfedrlnas import messages as m
-from flwr_pfedrlnas.aggregation import extract_subnet
 from flwr_pfedrlnas.baselines.nas.client import handle
 from flwr_pfedrlnas.baselines.nas.darts_mixed import MixedDARTS, onehot_weights
 from flwr_pfedrlnas.baselines.nas.spider import (
@@ -34,7 +32,9 @@ from flwr_pfedrlnas.baselines.nas.spider import (
     select_operation,
     spider_train,
 )
-from flwr_pfedrlnas.client import identify
+from flwr_pfedrlnas.core.aggregation import extract_subnet
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import identify
 from flwr_pfedrlnas.supernets import get_supernet, state_to_numpy
 from flwr_pfedrlnas.training import train
 

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from flwr.app import MessageType
 
-from flwr_pfedrlnas import messages as m
-from flwr_pfedrlnas.client import evaluate_subnet, identify, train_subnet
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.search import PerFedRLNASSearch, SearchConfig
-from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.core.search import PerFedRLNASSearch, SearchConfig
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 
 NODES = {100 + i: {"client-id": str(i)} for i in range(4)}

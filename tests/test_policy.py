@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_pfedrlnas.policy import ArchitecturePolicy, softmax
-from flwr_pfedrlnas.search_space import Dimension, SearchSpace
+from flwr_pfedrlnas.core.policy import ArchitecturePolicy, softmax
+from flwr_pfedrlnas.core.search_space import Dimension, SearchSpace
 
 SPACE = SearchSpace([Dimension("kernel", (3, 5, 7)), Dimension("width", (0.5, 1.0))])
 

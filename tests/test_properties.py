@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flwr_pfedrlnas.aggregation import merge_subnets
-from flwr_pfedrlnas.policy import ArchitecturePolicy
-from flwr_pfedrlnas.search import ClientReply, PerFedRLNASSearch, SearchConfig
+from flwr_pfedrlnas.core.aggregation import merge_subnets
+from flwr_pfedrlnas.core.policy import ArchitecturePolicy
+from flwr_pfedrlnas.core.search import ClientReply, PerFedRLNASSearch, SearchConfig
 from flwr_pfedrlnas.supernets import get_supernet
 
 FAMILY = get_supernet("elastic-cnn", num_stages=2, base_width=4)

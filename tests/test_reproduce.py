@@ -1,4 +1,4 @@
-"""The reproduction runner (``flwr_pfedrlnas.reproduce``) and its report (``report``)."""
+"""The reproduction runner (``flwr_pfedrlnas.experiments.reproduce``) and its report."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flwr_pfedrlnas import report
-from flwr_pfedrlnas.reproduce import (
+from flwr_pfedrlnas.experiments import report
+from flwr_pfedrlnas.experiments.reproduce import (
     format_config,
     load_experiment,
     main,
@@ -209,7 +209,7 @@ def test_tier_table_shows_the_last_round_per_tier(tmp_path):
 
 
 def test_label_mixes_match_the_clients_data():
-    from flwr_pfedrlnas.datasets import load_client_data
+    from flwr_pfedrlnas.data.datasets import load_client_data
 
     mixes = report.label_mixes("embedded", 4, 0.5, 0)
     data = load_client_data("embedded", 2, 4, 0.5, 0)
@@ -256,7 +256,7 @@ def test_config_and_run_config(tmp_path):
     assert [m.name for m in exp.methods] == ["pfedrlnas", "fedavg-largest"]
     spec = exp.methods[1]
     app = resolve_app(spec.app)
-    from flwr_pfedrlnas.reproduce import app_defaults
+    from flwr_pfedrlnas.experiments.reproduce import app_defaults
 
     config = method_run_config(exp, spec, app_defaults(app), tmp_path / "x", rounds=3)
     # head-epochs is not a key of apps/pfedrlnas (only of apps/baselines): not passed
@@ -293,7 +293,7 @@ def test_rerunning_one_method_keeps_the_others_in_the_table(tmp_path, monkeypatc
             _write_method(out_dir / spec.name, [_round(1, 0.7, 0.1, 6.0, 20, 20)], clients)
         return []
 
-    monkeypatch.setattr("flwr_pfedrlnas.reproduce.run_experiment", fake_run)
+    monkeypatch.setattr("flwr_pfedrlnas.experiments.reproduce.run_experiment", fake_run)
     assert main([str(path), "--out", str(out), "--only", "fedavg-largest"]) == 0
     assert ran == ["fedavg-largest"]
     table = pd.read_csv(out / "table.csv")
@@ -320,7 +320,14 @@ def test_reproduce_end_to_end(tmp_path):
     env = {**os.environ, "REPRODUCE_TEST_MARKER": marker}
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "flwr_pfedrlnas.reproduce", str(config), "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "flwr_pfedrlnas.experiments.reproduce",
+            str(config),
+            "--out",
+            str(out),
+        ],
         env=env,
         cwd=tmp_path,
         capture_output=True,

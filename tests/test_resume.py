@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flwr_pfedrlnas.search import PerFedRLNASSearch
+from flwr_pfedrlnas.core.search import PerFedRLNASSearch
 
 DRIVER = Path(__file__).resolve().parent / "resume_driver.py"
 ROUNDS = 5

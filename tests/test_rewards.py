@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from flwr_pfedrlnas.rewards import (
+from flwr_pfedrlnas.core.rewards import (
     AccuracyHistory,
     accuracy_time_rewards,
     memory_aware_rewards,

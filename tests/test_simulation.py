@@ -13,12 +13,12 @@ from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from flwr_pfedrlnas.aggregation import extract_subnet
-from flwr_pfedrlnas.client import SubnetClient, client_id_from_context, make_client_app
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.legacy import PerFedRLNASLegacy
-from flwr_pfedrlnas.search import SearchConfig
-from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.core.aggregation import extract_subnet
+from flwr_pfedrlnas.core.search import SearchConfig
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower.client import SubnetClient, client_id_from_context, make_client_app
+from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import CPU_PRESETS, available_supernets, cpu_preset, get_supernet
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message
 from flwr.serverapp.strategy import Result
 
-from flwr_pfedrlnas.client import evaluate_subnet, identify, train_subnet
-from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.search import SearchConfig
-from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.core.search import SearchConfig
+from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 
 # Node ids are Flower's; client ids come from the node config and are what policies key on.
@@ -155,7 +155,7 @@ def test_initial_arrays_replace_the_supernet_and_are_checked(local_grid, tmp_pat
     pretrained = {
         k: np.full(v.shape, 0.5, dtype=v.dtype) for k, v in family.init_supernet_state(1).items()
     }
-    from flwr_pfedrlnas.messages import arrays_to_record
+    from flwr_pfedrlnas.flower.messages import arrays_to_record
 
     grid = local_grid(NODES, HANDLERS)
     msgs = list(strategy.configure_train(1, arrays_to_record(pretrained), ConfigRecord(), grid))
@@ -204,8 +204,8 @@ def test_fine_tuning_client_tests_the_fine_tuned_subnet_and_uploads_nothing(loca
     import torch
     from flwr.app import Context, MessageType, RecordDict
 
-    from flwr_pfedrlnas.aggregation import extract_subnet
-    from flwr_pfedrlnas.messages import arrays_to_record, subnet_config
+    from flwr_pfedrlnas.core.aggregation import extract_subnet
+    from flwr_pfedrlnas.flower.messages import arrays_to_record, subnet_config
     from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, train
 
     family = _family()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_pfedrlnas.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
 from flwr_pfedrlnas.supernets import CPU_PRESETS, available_supernets, cpu_preset, get_supernet
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "elastic_mlp.py"
@@ -104,9 +104,9 @@ def test_family_rebuilds_from_its_json_config(family_and_state):
 
 
 def test_a_user_family_runs_through_the_strategy_unchanged(local_grid, tmp_path):
-    from flwr_pfedrlnas.client import evaluate_subnet, identify, train_subnet
-    from flwr_pfedrlnas.datasets import load_client_data, make_loaders
-    from flwr_pfedrlnas.strategy import PerFedRLNAS
+    from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
+    from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
+    from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 
     def loaders(ctx):
         pid = ctx.node_config["partition-id"]

@@ -1,9 +1,14 @@
 """Baselines, run under the same protocol and results writer as PerFedRLNAS."""
 
-from .client import baseline_evaluate, baseline_train, make_baseline_client_app, train_parts
-from .fedavg import FedAvgFixedArch
-from .models import SmallViT, build_model, mobilenet_v3_large_small_input
-from .personalised import (
+from flwr_pfedrlnas.baselines.client import (
+    baseline_evaluate,
+    baseline_train,
+    make_baseline_client_app,
+    train_parts,
+)
+from flwr_pfedrlnas.baselines.fedavg import FedAvgFixedArch
+from flwr_pfedrlnas.baselines.models import SmallViT, build_model, mobilenet_v3_large_small_input
+from flwr_pfedrlnas.baselines.personalised import (
     BASELINES,
     AttentionHypernetwork,
     FedAvgFineTune,

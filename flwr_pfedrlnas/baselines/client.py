@@ -20,10 +20,10 @@ from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import messages as m
-from ..client import client_id_from_context, identify
-from ..training import evaluate, recalibrate_batchnorm, run_epochs
-from .models import build_model, is_head_key
+from flwr_pfedrlnas.baselines.models import build_model, is_head_key
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import client_id_from_context, identify
+from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, run_epochs
 
 __all__ = [
     "FINETUNE_EPOCHS",
@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 METHODS = ("fedavg-ft", "local", "fedrep", "fedbabu", "fedtp")
-# ConfigRecord keys, server -> client (besides those of flwr_pfedrlnas.messages).
+# ConfigRecord keys, server -> client (besides those of flwr_pfedrlnas.flower.messages).
 METHOD = "method"
 MODEL = "model"
 MODEL_CONFIG = "model-config"

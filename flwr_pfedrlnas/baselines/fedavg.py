@@ -13,11 +13,11 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from .. import messages as m
-from ..results import RunRecorder, summarise_accuracies, write_results
-from ..rewards import DEFAULT_BANDWIDTH_BPS, round_time
-from ..search_space import Architecture, architecture_to_json
-from ..supernets import SupernetFamily
+from flwr_pfedrlnas.core.rewards import DEFAULT_BANDWIDTH_BPS, round_time
+from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["FedAvgFixedArch"]
 
@@ -96,7 +96,7 @@ class FedAvgFixedArch(FedAvg):
 
     def initial_arrays(self) -> ArrayRecord:
         """Seeded initial weights of the architecture (cut from a fresh supernet)."""
-        from ..aggregation import extract_subnet
+        from flwr_pfedrlnas.core.aggregation import extract_subnet
 
         state = extract_subnet(self.family, self.family.init_supernet_state(self.seed), self.arch)
         return m.arrays_to_record(state)

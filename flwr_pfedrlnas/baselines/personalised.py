@@ -16,12 +16,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from torch import nn
 
-from .. import messages as m
-from ..identity import identify_clients
-from ..results import RunRecorder, summarise_accuracies, write_results
-from ..rewards import DEFAULT_BANDWIDTH_BPS, round_time
-from . import client as bc
-from .models import attention_keys, build_model, is_head_key, parse_model_config
+from flwr_pfedrlnas.baselines import client as bc
+from flwr_pfedrlnas.baselines.models import (
+    attention_keys,
+    build_model,
+    is_head_key,
+    parse_model_config,
+)
+from flwr_pfedrlnas.core.rewards import DEFAULT_BANDWIDTH_BPS, round_time
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.identity import identify_clients
+from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
 
 __all__ = [
     "BASELINES",
@@ -44,7 +49,7 @@ class PersonalisedFedAvg(FedAvg):
     personalised model every ``evaluate_every`` rounds (and in the last one),
     one recorded and logged row per round (accuracy mean ± std over all
     clients, bytes moved, simulated latency), results written with
-    :func:`~flwr_pfedrlnas.results.write_results`, and a checkpoint after
+    :func:`~flwr_pfedrlnas.protocol.results.write_results`, and a checkpoint after
     every round. Subclasses choose what is shared (:meth:`is_shared`), what
     a client is sent (:meth:`arrays_for`), how replies merge
     (:meth:`aggregate_arrays`) and whether the final evaluation fine-tunes.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import SupernetFamily, numpy_to_state, state_to_numpy
-from .presets import CPU_PRESETS, cpu_preset
+from flwr_pfedrlnas.supernets.base import SupernetFamily, numpy_to_state, state_to_numpy
+from flwr_pfedrlnas.supernets.presets import CPU_PRESETS, cpu_preset
 
 __all__ = [
     "CPU_PRESETS",

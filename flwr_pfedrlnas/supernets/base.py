@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..search_space import Architecture, SearchSpace, architecture_to_json
+from flwr_pfedrlnas.core.search_space import Architecture, SearchSpace, architecture_to_json
 
 __all__ = ["SupernetFamily", "Slices", "state_to_numpy", "numpy_to_state"]
 

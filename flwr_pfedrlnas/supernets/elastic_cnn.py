@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import nn
 
-from ..search_space import Architecture, Dimension, SearchSpace
-from . import register_supernet
-from .base import SupernetFamily
+from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
+from flwr_pfedrlnas.supernets import register_supernet
+from flwr_pfedrlnas.supernets.base import SupernetFamily
 
 __all__ = ["ElasticCNNFamily"]
 

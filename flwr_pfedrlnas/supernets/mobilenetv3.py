@@ -9,10 +9,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..search_space import Architecture, Dimension, SearchSpace
-from . import register_supernet
-from ._layers import ConvBNAct, InvertedResidual, PooledHeadNet, init_weights, make_divisible
-from .base import SupernetFamily
+from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
+from flwr_pfedrlnas.supernets import register_supernet
+from flwr_pfedrlnas.supernets._layers import (
+    ConvBNAct,
+    InvertedResidual,
+    PooledHeadNet,
+    init_weights,
+    make_divisible,
+)
+from flwr_pfedrlnas.supernets.base import SupernetFamily
 
 __all__ = ["MOBILENETV3_STAGES", "MobileNetV3Family", "StageSpec"]
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..search_space import Architecture, Dimension, SearchSpace
-from . import register_supernet
-from ._layers import (
+from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
+from flwr_pfedrlnas.supernets import register_supernet
+from flwr_pfedrlnas.supernets._layers import (
     DIVISOR,
     ConvBNAct,
     InvertedResidual,
@@ -20,7 +20,7 @@ from ._layers import (
     init_weights,
     make_divisible,
 )
-from .base import SupernetFamily
+from flwr_pfedrlnas.supernets.base import SupernetFamily
 
 __all__ = [
     "NASVIT_CONV_STAGES",

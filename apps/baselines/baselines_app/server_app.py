@@ -9,8 +9,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from flwr_pfedrlnas.baselines import make_baseline
 from flwr_pfedrlnas.baselines.models import DEFAULT_KNOBS
-from flwr_pfedrlnas.datasets import dataset_info
-from flwr_pfedrlnas.runconfig import output_dir
+from flwr_pfedrlnas.data.datasets import dataset_info
+from flwr_pfedrlnas.flower.runconfig import output_dir
 
 app = ServerApp()
 

@@ -6,8 +6,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_pfedrlnas.baselines.nas import make_nas_baseline
-from flwr_pfedrlnas.profiles import ProfileDistribution
-from flwr_pfedrlnas.runconfig import family_from_run_config, output_dir
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
+from flwr_pfedrlnas.flower.runconfig import family_from_run_config, output_dir
 
 app = ServerApp()
 

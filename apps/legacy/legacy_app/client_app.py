@@ -6,8 +6,8 @@ from flwr.app import Context
 from flwr.client import Client
 from flwr.clientapp import ClientApp
 
-from flwr_pfedrlnas.client import SubnetClient, client_id_from_context
-from flwr_pfedrlnas.runconfig import load_data
+from flwr_pfedrlnas.flower.client import SubnetClient, client_id_from_context
+from flwr_pfedrlnas.flower.runconfig import load_data
 
 
 def client_fn(context: Context) -> Client:

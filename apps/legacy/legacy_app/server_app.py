@@ -6,8 +6,8 @@ from flwr.app import Context
 from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import ServerApp
 
-from flwr_pfedrlnas.legacy import PerFedRLNASLegacy
-from flwr_pfedrlnas.runconfig import family_from_run_config, strategy_kwargs
+from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
+from flwr_pfedrlnas.flower.runconfig import family_from_run_config, strategy_kwargs
 
 
 def server_fn(context: Context) -> ServerAppComponents:

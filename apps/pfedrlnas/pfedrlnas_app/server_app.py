@@ -6,13 +6,13 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_pfedrlnas.baselines import FedAvgFixedArch
-from flwr_pfedrlnas.runconfig import (
+from flwr_pfedrlnas.flower.runconfig import (
     family_from_run_config,
     message_api_kwargs,
     output_dir,
     strategy_kwargs,
 )
-from flwr_pfedrlnas.strategy import PerFedRLNAS
+from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 
 app = ServerApp()
 

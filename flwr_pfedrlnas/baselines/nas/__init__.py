@@ -8,14 +8,19 @@ bytes and simulated latency, personalised evaluation, results files) and one
 
 from typing import Any
 
-from ...supernets import SupernetFamily
-from .base import FederatedNASBaseline, content_bytes, weighted_mean
-from .client import handle, make_nas_client_app, register_step
-from .darts_mixed import MixedDARTS, derive_architecture, onehot_weights, zero_alphas
-from .fednas import FedNAS
-from .fedoras import FedorAS
-from .fedrlnas import FedRLNAS
-from .spider import SPIDER
+from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, content_bytes, weighted_mean
+from flwr_pfedrlnas.baselines.nas.client import handle, make_nas_client_app, register_step
+from flwr_pfedrlnas.baselines.nas.darts_mixed import (
+    MixedDARTS,
+    derive_architecture,
+    onehot_weights,
+    zero_alphas,
+)
+from flwr_pfedrlnas.baselines.nas.fednas import FedNAS
+from flwr_pfedrlnas.baselines.nas.fedoras import FedorAS
+from flwr_pfedrlnas.baselines.nas.fedrlnas import FedRLNAS
+from flwr_pfedrlnas.baselines.nas.spider import SPIDER
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = [
     "NAS_BASELINES",

@@ -13,7 +13,7 @@ statistics re-estimated on local data first), one logged and recorded row per
 round with accuracy mean ± std over clients, the bytes actually moved and the
 simulated latency (the slowest client's compute + transfer time of each
 exchange, plus the server's own time), and rounds.csv / clients.csv /
-config.json / accuracy.png written by :func:`~flwr_pfedrlnas.results.write_results`.
+config.json / accuracy.png written by :func:`~flwr_pfedrlnas.protocol.results.write_results`.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from ... import messages as m
-from ...aggregation import state_num_bytes
-from ...identity import identify_clients
-from ...results import RunRecorder, summarise_accuracies, write_results
-from ...rewards import DEFAULT_BANDWIDTH_BPS, round_time
-from ...search_space import Architecture
-from ...supernets import SupernetFamily
+from flwr_pfedrlnas.core.aggregation import state_num_bytes
+from flwr_pfedrlnas.core.rewards import DEFAULT_BANDWIDTH_BPS, round_time
+from flwr_pfedrlnas.core.search_space import Architecture
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.identity import identify_clients
+from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["NAS_STEP", "FederatedNASBaseline", "content_bytes", "weighted_mean"]
 

@@ -16,9 +16,9 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
-from ... import messages as m
-from ...client import LoadData, evaluate_subnet, identify, train_subnet
-from .base import NAS_STEP
+from flwr_pfedrlnas.baselines.nas.base import NAS_STEP
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import LoadData, evaluate_subnet, identify, train_subnet
 
 __all__ = ["StepHandler", "device_of", "make_nas_client_app", "register_step", "steps"]
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...search_space import Architecture
-from ...supernets import SupernetFamily
+from flwr_pfedrlnas.core.search_space import Architecture
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = [
     "CELL_TYPES",

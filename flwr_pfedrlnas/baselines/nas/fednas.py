@@ -31,15 +31,15 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from ... import messages as m
-from ...aggregation import check_subnet_state, extract_subnet, merge_subnets
-from ...client import client_id_from_context
-from ...search_space import Architecture, architecture_to_json
-from ...supernets import get_supernet
-from ...training import evaluate
-from .base import FederatedNASBaseline, weighted_mean
-from .client import register_step
-from .darts_mixed import MixedDARTS, derive_architecture, zero_alphas
+from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
+from flwr_pfedrlnas.baselines.nas.client import register_step
+from flwr_pfedrlnas.baselines.nas.darts_mixed import MixedDARTS, derive_architecture, zero_alphas
+from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.supernets import get_supernet
+from flwr_pfedrlnas.training import evaluate
 
 __all__ = ["FedNAS", "darts_search_train"]
 

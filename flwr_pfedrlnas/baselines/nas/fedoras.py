@@ -9,7 +9,7 @@ model sizes are fastest for families with ``operation_sizes``).
 
 Tiers
     Every client gets a capability score. With a
-    :class:`~flwr_pfedrlnas.profiles.ProfileDistribution` it is
+    :class:`~flwr_pfedrlnas.core.profiles.ProfileDistribution` it is
     ``log(memory budget) - log(speed factor)`` of the client's seeded device
     profile (``-log(speed factor)`` when the profiles have no memory budget:
     a faster device is more capable). Without profiles it is a seeded random
@@ -41,7 +41,7 @@ Phase 1, "supernet" (rounds ``1 .. supernet_rounds``)
     ``max_sample_tries`` misses the smallest architecture) cut from the
     supernet, trains it (the built-in ``"subnet"`` step), and the server
     merges the replies with the count-normalised masked average
-    (:func:`~flwr_pfedrlnas.aggregation.merge_subnets`).
+    (:func:`~flwr_pfedrlnas.core.aggregation.merge_subnets`).
 
 Search (once, at the start of round ``supernet_rounds + 1``)
     Per tier, ``num_candidates`` distinct seeded architectures within the
@@ -107,16 +107,20 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from torch.utils.data import DataLoader
 
-from ... import messages as m
-from ...aggregation import check_subnet_state, extract_subnet, merge_subnets
-from ...client import client_id_from_context
-from ...identity import natural_sorted
-from ...profiles import ProfileDistribution
-from ...search_space import Architecture, architecture_from_json, architecture_to_json
-from ...supernets import SupernetFamily, get_supernet
-from ...training import evaluate, recalibrate_batchnorm
-from .base import FederatedNASBaseline, weighted_mean
-from .client import register_step
+from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
+from flwr_pfedrlnas.baselines.nas.client import register_step
+from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
+from flwr_pfedrlnas.core.search_space import (
+    Architecture,
+    architecture_from_json,
+    architecture_to_json,
+)
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.flower.identity import natural_sorted
+from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
+from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm
 
 __all__ = [
     "ACCURACIES",

@@ -28,11 +28,15 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from ... import messages as m
-from ...aggregation import check_subnet_state, extract_subnet, merge_subnets
-from ...policy import ArchitecturePolicy
-from ...search_space import Architecture, architecture_from_json, architecture_to_json
-from .base import FederatedNASBaseline
+from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline
+from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.policy import ArchitecturePolicy
+from flwr_pfedrlnas.core.search_space import (
+    Architecture,
+    architecture_from_json,
+    architecture_to_json,
+)
+from flwr_pfedrlnas.flower import messages as m
 
 __all__ = ["FedRLNAS"]
 

@@ -57,14 +57,19 @@ from flwr.common import log
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ... import messages as m
-from ...client import client_id_from_context
-from ...search_space import Architecture, architecture_to_json
-from ...supernets import SupernetFamily, get_supernet
-from ...training import evaluate, recalibrate_batchnorm, run_epochs, train
-from .base import FederatedNASBaseline, weighted_mean
-from .client import register_step
-from .darts_mixed import CELL_TYPES, MixedDARTS, alpha_shapes, onehot_weights
+from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
+from flwr_pfedrlnas.baselines.nas.client import register_step
+from flwr_pfedrlnas.baselines.nas.darts_mixed import (
+    CELL_TYPES,
+    MixedDARTS,
+    alpha_shapes,
+    onehot_weights,
+)
+from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
+from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, run_epochs, train
 
 __all__ = [
     "DECIDED_EDGES",

@@ -9,9 +9,13 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
-from .search import ClientReply
-from .search_space import Architecture, architecture_from_json, architecture_to_json
-from .supernets import SupernetFamily
+from flwr_pfedrlnas.core.search import ClientReply
+from flwr_pfedrlnas.core.search_space import (
+    Architecture,
+    architecture_from_json,
+    architecture_to_json,
+)
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = [
     "ACCURACY",

@@ -7,8 +7,8 @@ from typing import Literal
 
 import numpy as np
 
-from .search_space import Architecture
-from .supernets.base import SupernetFamily
+from flwr_pfedrlnas.core.search_space import Architecture
+from flwr_pfedrlnas.supernets.base import SupernetFamily
 
 __all__ = [
     "Weighting",

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .search_space import Architecture, SearchSpace
+from flwr_pfedrlnas.core.search_space import Architecture, SearchSpace
 
 __all__ = ["ArchitecturePolicy", "softmax"]
 

@@ -18,13 +18,13 @@ from flwr.common import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from . import messages as m
-from .identity import identify_clients
-from .profiles import ProfileDistribution
-from .results import summarise_accuracies
-from .search import ClientReply, SearchConfig
-from .session import SearchSession
-from .supernets import SupernetFamily
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
+from flwr_pfedrlnas.core.search import ClientReply, SearchConfig
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.identity import identify_clients
+from flwr_pfedrlnas.flower.session import SearchSession
+from flwr_pfedrlnas.protocol.results import summarise_accuracies
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["PerFedRLNAS"]
 

@@ -22,11 +22,11 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
-from . import messages as m
-from .search import ClientReply, SearchConfig
-from .search_space import Architecture, architecture_from_json
-from .session import SearchSession, natural_sorted
-from .supernets import SupernetFamily
+from flwr_pfedrlnas.core.search import ClientReply, SearchConfig
+from flwr_pfedrlnas.core.search_space import Architecture, architecture_from_json
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.session import SearchSession, natural_sorted
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["PerFedRLNASLegacy"]
 
@@ -34,16 +34,16 @@ __all__ = ["PerFedRLNASLegacy"]
 class PerFedRLNASLegacy(Strategy):
     """PerFedRLNAS for apps built on ``NumPyClient`` and ``ServerApp(server_fn=...)``.
 
-    The same search as :class:`~flwr_pfedrlnas.strategy.PerFedRLNAS`, behind
+    The same search as :class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS`, behind
     ``flwr.server.strategy.Strategy``. Arrays travel as a list in the subnet's
     ``state_dict`` key order; the architecture, family and training settings
     travel in the fit config. A client says who it is through
     ``get_properties`` (``client-id``), asked once per connected proxy. Use it
-    with :class:`~flwr_pfedrlnas.client.SubnetClient`. Run for
+    with :class:`~flwr_pfedrlnas.flower.client.SubnetClient`. Run for
     ``strategy.remaining_rounds(num_rounds)`` rounds so that a resumed run
     stops where an uninterrupted one would.
 
-    Parameters are those of :class:`~flwr_pfedrlnas.strategy.PerFedRLNAS`
+    Parameters are those of :class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS`
     (``min_available_nodes`` is ``min_available_clients`` here).
     """
 

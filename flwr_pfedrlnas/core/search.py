@@ -15,24 +15,24 @@ from typing import Any
 
 import numpy as np
 
-from .aggregation import (
+from flwr_pfedrlnas.core.aggregation import (
     Weighting,
     check_subnet_state,
     extract_subnet,
     merge_subnets,
     state_num_bytes,
 )
-from .policy import ArchitecturePolicy
-from .profiles import DeviceProfile
-from .rewards import (
+from flwr_pfedrlnas.core.policy import ArchitecturePolicy
+from flwr_pfedrlnas.core.profiles import DeviceProfile
+from flwr_pfedrlnas.core.rewards import (
     DEFAULT_BANDWIDTH_BPS,
     AccuracyHistory,
     accuracy_time_rewards,
     memory_aware_rewards,
     round_time,
 )
-from .search_space import Architecture, architecture_to_json
-from .supernets import SupernetFamily, get_supernet
+from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
+from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
 __all__ = [
     "ClientReply",

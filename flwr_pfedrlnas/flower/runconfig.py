@@ -12,10 +12,10 @@ from typing import Any
 from flwr.app import Context
 from flwr.common import log
 
-from .datasets import dataset_info, load_client_data, make_loaders
-from .profiles import ProfileDistribution
-from .search import SearchConfig
-from .supernets import SupernetFamily, get_supernet
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
+from flwr_pfedrlnas.core.search import SearchConfig
+from flwr_pfedrlnas.data.datasets import dataset_info, load_client_data, make_loaders
+from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
 
 def family_from_run_config(cfg: dict[str, Any]) -> SupernetFamily:

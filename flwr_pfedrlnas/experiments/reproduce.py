@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m flwr_pfedrlnas.reproduce table2-cpu
-    python -m flwr_pfedrlnas.reproduce table2-cpu --only pfedrlnas --only fedavg-largest
-    python -m flwr_pfedrlnas.reproduce table2-cpu --rounds 5 --out /tmp/table2-quick
-    python -m flwr_pfedrlnas.reproduce table2-cpu --report-only
+    python -m flwr_pfedrlnas.experiments.reproduce table2-cpu
+    python -m flwr_pfedrlnas.experiments.reproduce table2-cpu --only pfedrlnas --only fedavg-largest
+    python -m flwr_pfedrlnas.experiments.reproduce table2-cpu --rounds 5 --out /tmp/table2-quick
+    python -m flwr_pfedrlnas.experiments.reproduce table2-cpu --report-only
 
 An experiment is one TOML file, ``experiments/<name>.toml`` (or any path)::
 
@@ -35,7 +35,7 @@ run counts as done only if ``rounds.csv`` holds the expected rounds and, when
 ``flwr ls`` answers, the run's status is ``finished:completed``. At the end
 (also on errors and Ctrl-C) every process carrying that ``FLWR_HOME`` (the
 SuperLink, its SuperExec and simulation processes) is stopped by pid, and the
-report (:mod:`flwr_pfedrlnas.report`) is written to ``<out>``.
+report (:mod:`flwr_pfedrlnas.experiments.report`) is written to ``<out>``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from . import report
+from flwr_pfedrlnas.experiments import report
 
 try:
     import tomllib
@@ -78,7 +78,7 @@ __all__ = [
     "run_experiment",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = REPO_ROOT / "experiments"
 FLWR_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -586,7 +586,7 @@ def _header(
     lines = []
     if experiment.description:
         lines += [experiment.description, ""]
-    runner = shlex.join(["python", "-m", "flwr_pfedrlnas.reproduce", *argv])
+    runner = shlex.join(["python", "-m", "flwr_pfedrlnas.experiments.reproduce", *argv])
     seeds = {str(r.run_config["seed"]) for r in results if "seed" in r.run_config}
     seed = ", ".join(sorted(seeds)) or str(experiment.run_config.get("seed", "app default"))
     runners = list(dict.fromkeys(r["runner"] for r in records.values() if r.get("runner")))
@@ -707,7 +707,9 @@ def run_experiment(
                 timeout_s=experiment.timeout_s,
                 echo=echo,
             )
-            record.runner = shlex.join(["python", "-m", "flwr_pfedrlnas.reproduce", *argv])
+            record.runner = shlex.join(
+                ["python", "-m", "flwr_pfedrlnas.experiments.reproduce", *argv]
+            )
             records.append(record)
             previous[spec.name] = record.__dict__
             runs_json.write_text(
@@ -727,7 +729,7 @@ def run_experiment(
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m flwr_pfedrlnas.reproduce",
+        prog="python -m flwr_pfedrlnas.experiments.reproduce",
         description="Run every method of an experiment with `flwr run`, then write "
         "table.md, table.csv and plots.",
     )

@@ -18,10 +18,14 @@ from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import messages as m
-from .search_space import Architecture, architecture_from_json, architecture_to_json
-from .supernets import SupernetFamily, get_supernet
-from .training import evaluate, recalibrate_batchnorm, train, training_peak_memory
+from flwr_pfedrlnas.core.search_space import (
+    Architecture,
+    architecture_from_json,
+    architecture_to_json,
+)
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
+from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, train, training_peak_memory
 
 __all__ = [
     "LoadData",

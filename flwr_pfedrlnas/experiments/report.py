@@ -18,7 +18,7 @@ into its own directory. This module turns those files into
   the similarity of their label mixes, with the Pearson and Spearman
   correlations written into ``table.md``.
 
-Nothing here runs Flower; :mod:`flwr_pfedrlnas.reproduce` calls
+Nothing here runs Flower; :mod:`flwr_pfedrlnas.experiments.reproduce` calls
 :func:`write_report` after its runs, and ``--report-only`` calls it alone.
 """
 
@@ -269,7 +269,7 @@ def label_mixes(
     """Each client's label counts under the partition a run used.
 
     The apps give client ``i`` (``partition-id`` ``i``, client id ``str(i)``)
-    partition ``i`` of :func:`flwr_pfedrlnas.datasets.partition_indices` with
+    partition ``i`` of :func:`flwr_pfedrlnas.data.datasets.partition_indices` with
     the run's ``dataset``, ``num-clients``, ``dirichlet-alpha`` and ``seed``
     (and ``data-dir``); its train and test splits share that partition's label
     mix, so the whole partition's histogram is the client's label mix.
@@ -279,7 +279,7 @@ def label_mixes(
     dict
         Client id -> ``int64`` label counts (length = the dataset's classes).
     """
-    from .datasets import label_distribution, load_source, partition_indices
+    from flwr_pfedrlnas.data.datasets import label_distribution, load_source, partition_indices
 
     pool = load_source(dataset, data_dir or None)
     parts = partition_indices(dataset, int(num_clients), float(alpha), int(seed), data_dir or None)

@@ -10,13 +10,19 @@ from typing import Any
 
 from flwr.common import log
 
-from . import messages as m
-from .identity import natural_sorted
-from .profiles import ProfileDistribution
-from .results import RunRecorder, summarise_accuracies, write_results
-from .search import ClientReply, PerFedRLNASSearch, Proposal, RoundOutcome, SearchConfig
-from .search_space import architecture_to_json
-from .supernets import SupernetFamily
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
+from flwr_pfedrlnas.core.search import (
+    ClientReply,
+    PerFedRLNASSearch,
+    Proposal,
+    RoundOutcome,
+    SearchConfig,
+)
+from flwr_pfedrlnas.core.search_space import architecture_to_json
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.identity import natural_sorted
+from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["SearchSession", "natural_sorted"]
 
@@ -24,10 +30,10 @@ __all__ = ["SearchSession", "natural_sorted"]
 class SearchSession:
     """One PerFedRLNAS run: the search core plus everything around a round.
 
-    The Flower faces (:class:`~flwr_pfedrlnas.strategy.PerFedRLNAS` and
-    :class:`~flwr_pfedrlnas.legacy.PerFedRLNASLegacy`) translate messages;
+    The Flower faces (:class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS` and
+    :class:`~flwr_pfedrlnas.flower.legacy.PerFedRLNASLegacy`) translate messages;
     this class samples, proposes, incorporates, records, logs and checkpoints.
-    See :class:`~flwr_pfedrlnas.strategy.PerFedRLNAS` for the parameters.
+    See :class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS` for the parameters.
     """
 
     def __init__(

@@ -3,7 +3,7 @@
 Flower's node ids change when a SuperNode reconnects; every strategy of the
 package keys its state on the client's stable id instead (``partition-id`` in
 simulation, the ``client-id`` node config in deployment), which the node
-reports in answer to a QUERY message (see :func:`flwr_pfedrlnas.client.identify`).
+reports in answer to a QUERY message (see :func:`flwr_pfedrlnas.flower.client.identify`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
-from . import messages as m
+from flwr_pfedrlnas.flower import messages as m
 
 __all__ = ["identify_clients", "learn_identity", "natural_sorted"]
 

@@ -1,0 +1,1 @@
+"""Experiment tools outside the library's layers: the reproduction runner and the report."""

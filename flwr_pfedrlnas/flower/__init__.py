@@ -1,0 +1,1 @@
+"""The Flower layer: strategies, client side, messages, identity, run config."""
