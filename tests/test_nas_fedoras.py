@@ -28,6 +28,7 @@ from flwr_pfedrlnas.baselines.nas.fedoras import (
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search_space import architecture_from_json, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.protocol.rounds import RoundSchedule
 from flwr_pfedrlnas.flower.client import identify
 from flwr_pfedrlnas.supernets import get_supernet
 
@@ -126,9 +127,9 @@ def _run(local_grid, strategy: FedorAS, rounds: int, tamper=None, between=None, 
 
     grid = local_grid(NODES, HANDLERS, tamper=keep)
     grid.replies = replies
-    strategy.num_rounds = planned or rounds
+    strategy.schedule = RoundSchedule(planned or rounds, strategy.evaluate_every)
     for rnd in range(1, rounds + 1):
-        strategy.run_round(grid, rnd)
+        strategy.driver.run_round(grid, rnd)
         if between is not None:
             between(strategy, rnd)
     return grid

@@ -9,7 +9,6 @@ reports in answer to a QUERY message (see :func:`flwr_pfedrlnas.flower.client.id
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from logging import INFO, WARNING
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -17,13 +16,9 @@ from flwr.common import log
 from flwr.serverapp import Grid
 
 from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.protocol.rounds import natural_sorted
 
 __all__ = ["identify_clients", "learn_identity", "natural_sorted"]
-
-
-def natural_sorted(client_ids: Iterable[str]) -> list[str]:
-    """Client ids in natural order ("2" before "10"; numeric ids before others)."""
-    return sorted(client_ids, key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
 
 
 def learn_identity(

@@ -1,1 +1,1 @@
-"""The round protocol shared by every method: records, results, the row and the log line."""
+"""The framework-free round protocol: numbering, sampling, costs, checkpoints, results."""

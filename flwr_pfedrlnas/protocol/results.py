@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flwr_pfedrlnas.protocol.rounds import natural_key
+
 __all__ = [
     "RunRecorder",
     "plot_accuracy",
@@ -49,7 +51,7 @@ class RunRecorder:
         return pd.DataFrame(self.rounds)
 
     def clients_frame(self) -> pd.DataFrame:
-        rows = [self.clients[k] for k in sorted(self.clients, key=_natural_key)]
+        rows = [self.clients[k] for k in sorted(self.clients, key=natural_key)]
         return pd.DataFrame(rows)
 
     def state_dict(self) -> dict[str, Any]:
@@ -58,10 +60,6 @@ class RunRecorder:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.rounds = [dict(r) for r in state.get("rounds", [])]
         self.clients = {str(k): dict(v) for k, v in state.get("clients", {}).items()}
-
-
-def _natural_key(text: str) -> tuple[int, Any]:
-    return (0, int(text)) if text.isdigit() else (1, text)
 
 
 def plot_accuracy(

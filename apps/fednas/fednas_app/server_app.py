@@ -8,6 +8,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr_pfedrlnas.baselines.nas import make_nas_baseline
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.flower.runconfig import family_from_run_config, output_dir
+from flwr_pfedrlnas.protocol.rounds import bandwidth_bps_of
 
 app = ServerApp()
 
@@ -29,7 +30,8 @@ def main(grid: Grid, context: Context) -> None:
         "batch_size": int(cfg["batch-size"]),
         "evaluate_every": int(cfg["evaluate-every"]),
         "bn_recalibration_batches": int(cfg["bn-recalibration-batches"]),
-        "bandwidth_bps": float(cfg["bandwidth-mbps"]) * 1e6,
+        "bandwidth_down_bps": bandwidth_bps_of(cfg["bandwidth-mbps"]),
+        "bandwidth_up_bps": bandwidth_bps_of(cfg["bandwidth-mbps"]),
         "seed": int(cfg["seed"]),
         "results_dir": output_dir(str(cfg["results-dir"])),
         "run_config": dict(cfg),

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
@@ -44,6 +46,7 @@ from flwr_pfedrlnas.training import evaluate
 __all__ = ["FedNAS", "darts_search_train"]
 
 ALPHAS = "alphas"  # ArrayRecord key of the architecture logits
+ALPHAS_PREFIX = "alphas/"  # their names in the checkpoint
 ARCH_LR = "arch-lr"
 ARCH_WEIGHT_DECAY = "arch-weight-decay"
 
@@ -102,9 +105,9 @@ class FedNAS(FederatedNASBaseline):
             config.update({ARCH_LR: self.arch_lr, ARCH_WEIGHT_DECAY: self.arch_weight_decay})
             return RecordDict(
                 {
-                    "arrays": m.arrays_to_record(self.supernet),
+                    self.arrayrecord_key: m.arrays_to_record(self.supernet),
                     ALPHAS: m.arrays_to_record(self.alphas),
-                    "config": ConfigRecord(config),
+                    self.configrecord_key: ConfigRecord(config),
                 }
             )
         arch = self._fix_architecture()
@@ -127,7 +130,9 @@ class FedNAS(FederatedNASBaseline):
             check_subnet_state(self.family, self._fix_architecture(), state, self.supernet)
 
     def aggregate(self, server_round: int, replies: dict[str, RecordDict]) -> dict[str, Any]:
-        weights = [float(c.metric_records["metrics"][m.NUM_EXAMPLES]) for c in replies.values()]
+        weights = [
+            float(c.metric_records[self.metricrecord_key][m.NUM_EXAMPLES]) for c in replies.values()
+        ]
         if self.phase(server_round) == "search":
             self.supernet = weighted_mean([self.reply_arrays(c) for c in replies.values()], weights)
             self.alphas = weighted_mean(
@@ -147,6 +152,20 @@ class FedNAS(FederatedNASBaseline):
         return self.subnet_content(
             server_round, arch, extract_subnet(self.family, self.supernet, arch)
         )
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = super().state_dict()
+        arrays.update({ALPHAS_PREFIX + k: v for k, v in self.alphas.items()})
+        return arrays, {**meta, "arch": self.arch}
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        n = len(ALPHAS_PREFIX)
+        alphas = {k[n:]: np.asarray(v) for k, v in arrays.items() if k.startswith(ALPHAS_PREFIX)}
+        self.check_shapes(alphas, self.alphas)
+        arch = meta.get("arch")
+        arch = None if arch is None else self.family.search_space.validate(arch)
+        super().load_state_dict(arrays, meta)
+        self.alphas, self.arch = alphas, arch
 
     def client_row(self, client_id: str) -> dict[str, Any]:
         return {"arch": architecture_to_json(self.current_architecture())}

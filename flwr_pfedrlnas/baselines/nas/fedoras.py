@@ -104,7 +104,6 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.common import log
-from flwr.serverapp import Grid
 from torch.utils.data import DataLoader
 
 from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
@@ -132,6 +131,7 @@ __all__ = [
 ]
 
 # ConfigRecord keys of a candidates message and the MetricRecord key of its reply.
+TIER_PREFIX = "tier/"  # tier models in the checkpoint
 CANDIDATES = "candidates"
 CANDIDATE_BATCHES = "candidate-batches"
 ACCURACIES = "accuracies"
@@ -420,12 +420,12 @@ class FedorAS(FederatedNASBaseline):
         """The architecture ``tier``'s clients test now (reference or chosen)."""
         return self.tier_archs[tier] if self.searched else self.reference_archs[tier]
 
-    def before_round(self, server_round: int, grid: Grid, clients: list[str]) -> None:
+    def before_round(self, server_round: int, exchange: Any, clients: list[str]) -> None:
         self.assign_tiers(clients)
         self._pending = {}
         self._records = {}
         if not self.searched and server_round > self.phase1_rounds():
-            self.search(server_round, grid, clients)
+            self.search(server_round, exchange, clients)
 
     # ------------------------------------------------------------------ search
     def draw_candidates(self, tier: int) -> list[Architecture]:
@@ -467,7 +467,7 @@ class FedorAS(FederatedNASBaseline):
     def check_candidates_reply(self, content: RecordDict, expected: int) -> list[float]:
         """The reply's candidate accuracies; ``ValueError`` naming a bad field."""
         self.check_metrics(content, (m.NUM_EXAMPLES, m.COMPUTE_SECONDS))
-        metrics = content.metric_records["metrics"]
+        metrics = content.metric_records[self.metricrecord_key]
         if ACCURACIES not in metrics:
             raise ValueError(f"metrics lack {ACCURACIES!r}")
         values = metrics[ACCURACIES]
@@ -486,7 +486,7 @@ class FedorAS(FederatedNASBaseline):
             out.append(v)
         return out
 
-    def search(self, server_round: int, grid: Grid, clients: Sequence[str]) -> None:
+    def search(self, server_round: int, exchange: Any, clients: Sequence[str]) -> None:
         """Pick one architecture per tier and initialise the tier models."""
         connected = set(clients)
         candidates = [self.draw_candidates(t) for t in range(self.num_tiers)]
@@ -506,9 +506,9 @@ class FedorAS(FederatedNASBaseline):
 
         def check(cid: str, content: RecordDict) -> None:
             scores[cid] = self.check_candidates_reply(content, self.num_candidates)
-            examples[cid] = float(content.metric_records["metrics"][m.NUM_EXAMPLES])
+            examples[cid] = float(content.metric_records[self.metricrecord_key][m.NUM_EXAMPLES])
 
-        accepted = self.exchange(grid, contents, MessageType.EVALUATE, check)
+        accepted = exchange(contents, MessageType.EVALUATE, check)
         self.search_results = []
         self.tier_archs = []
         self.tier_models = []
@@ -562,7 +562,7 @@ class FedorAS(FederatedNASBaseline):
         arch = self._pending.get(client_id)
         if arch is None:
             raise ValueError(f"client {client_id!r} was sent nothing to train")
-        config = content.config_records.get("config")
+        config = content.config_records.get(self.configrecord_key)
         if config is not None and m.ARCH in config:
             echoed = architecture_from_json(str(config[m.ARCH]), self.family.search_space)
             if echoed != arch:
@@ -579,7 +579,7 @@ class FedorAS(FederatedNASBaseline):
             cid: (
                 self._pending[cid],
                 self.reply_arrays(content),
-                float(content.metric_records["metrics"][m.NUM_EXAMPLES]),
+                float(content.metric_records[self.metricrecord_key][m.NUM_EXAMPLES]),
             )
             for cid, content in replies.items()
         }
@@ -631,7 +631,49 @@ class FedorAS(FederatedNASBaseline):
         config = m.subnet_config(
             self.family, arch, server_round, self.base_config(server_round, "subnet")
         )
-        return RecordDict({"arrays": state, "config": config})
+        return RecordDict({self.arrayrecord_key: state, self.configrecord_key: config})
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = super().state_dict()
+        for t, model in enumerate(self.tier_models):
+            arrays.update({f"{TIER_PREFIX}{t}/{k}": v for k, v in model.items()})
+        meta = {
+            **meta,
+            "tier-of": dict(self.tier_of),
+            "tier-floor": {str(t): v for t, v in self._tier_floor.items()},
+            "searched": self.searched,
+            "search-results": self.search_results,
+            "tier-archs": [dict(a) for a in self.tier_archs],
+            "num-tier-models": len(self.tier_models),
+            "arch-rng": self._arch_rng.bit_generator.state,
+            "candidate-rng": self._candidate_rng.bit_generator.state,
+            "last-eval": dict(self._last_eval),
+            "last-eval-round": self._last_eval_round,
+        }
+        return arrays, meta
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        archs = [self.family.search_space.validate(a) for a in meta["tier-archs"]]
+        if len(archs) != self.num_tiers:
+            raise ValueError(f"checkpoint has {len(archs)} tiers, the method {self.num_tiers}")
+        models = []
+        for t in range(int(meta["num-tier-models"])):
+            prefix = f"{TIER_PREFIX}{t}/"
+            model = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            self.check_shapes(model, extract_subnet(self.family, self.supernet, archs[t]))
+            models.append(model)
+        arch_rng, candidate_rng = np.random.default_rng(), np.random.default_rng()
+        arch_rng.bit_generator.state = meta["arch-rng"]
+        candidate_rng.bit_generator.state = meta["candidate-rng"]
+        super().load_state_dict(arrays, meta)
+        self.tier_of = {str(c): int(t) for c, t in meta["tier-of"].items()}
+        self._tier_floor = {int(t): float(v) for t, v in meta["tier-floor"].items()}
+        self.searched = bool(meta["searched"])
+        self.search_results = list(meta["search-results"])
+        self.tier_archs, self.tier_models = archs, models
+        self._arch_rng, self._candidate_rng = arch_rng, candidate_rng
+        self._last_eval = {str(c): float(a) for c, a in meta["last-eval"].items()}
+        self._last_eval_round = int(meta["last-eval-round"])
 
     def client_row(self, client_id: str) -> dict[str, Any]:
         tier = self._tier(client_id)
@@ -642,9 +684,8 @@ class FedorAS(FederatedNASBaseline):
             "arch-params": self.model_size(arch),
         }
 
-    def run_round(self, grid: Grid, rnd: int) -> dict[str, Any]:
-        """The base round, then the per-tier accuracy ranges (and ``tiers.csv``)."""
-        row = super().run_round(grid, rnd)
+    def after_round(self, rnd: int, row: Mapping[str, Any]) -> None:
+        """The per-tier accuracy ranges (and ``tiers.csv``)."""
         self._records = {}
         if row["num-evaluated"]:
             self._last_eval = {
@@ -657,7 +698,6 @@ class FedorAS(FederatedNASBaseline):
             path = Path(self.results_dir)
             path.mkdir(parents=True, exist_ok=True)
             self.tier_accuracy_ranges().to_csv(path / "tiers.csv", index=False)
-        return row
 
     def tier_accuracy_ranges(self) -> pd.DataFrame:
         """Per tier at the last evaluation: budget, clients, model and accuracy range.

@@ -23,6 +23,8 @@ term in the reward.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -118,7 +120,7 @@ class FedRLNAS(FederatedNASBaseline):
     def check_train_reply(self, server_round: int, client_id: str, content: RecordDict) -> None:
         self.check_metrics(content)
         arch = self._sent[client_id]
-        config = content.config_records.get("config")
+        config = content.config_records.get(self.configrecord_key)
         if config is not None and m.ARCH in config:
             echoed = architecture_from_json(str(config[m.ARCH]), self.family.search_space)
             if echoed != arch:
@@ -126,7 +128,7 @@ class FedRLNAS(FederatedNASBaseline):
         check_subnet_state(self.family, arch, self.reply_arrays(content), self.supernet)
 
     def aggregate(self, server_round: int, replies: dict[str, RecordDict]) -> dict[str, Any]:
-        metrics = {cid: c.metric_records["metrics"] for cid, c in replies.items()}
+        metrics = {cid: c.metric_records[self.metricrecord_key] for cid, c in replies.items()}
         updates = [
             (self._sent[cid], self.reply_arrays(c), float(metrics[cid][m.NUM_EXAMPLES]))
             for cid, c in replies.items()
@@ -161,6 +163,18 @@ class FedRLNAS(FederatedNASBaseline):
         return self.subnet_content(
             server_round, arch, extract_subnet(self.family, self.supernet, arch)
         )
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = super().state_dict()
+        return arrays, {**meta, "policy": self.policy.state_dict(), "baseline": self.baseline}
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        policy = copy.deepcopy(self.policy)
+        policy.load_state_dict(meta["policy"])
+        baseline = meta.get("baseline")
+        super().load_state_dict(arrays, meta)
+        self.policy = policy
+        self.baseline = None if baseline is None else float(baseline)
 
     def client_row(self, client_id: str) -> dict[str, Any]:
         return {"arch": architecture_to_json(self.policy.argmax())}

@@ -611,7 +611,10 @@ class SPIDER(FederatedNASBaseline):
     def train_content(self, server_round: int, client_id: str) -> RecordDict:
         """The whole global supernet and SPIDER's knobs."""
         return RecordDict(
-            {"arrays": m.arrays_to_record(self.supernet), "config": self._config(server_round)}
+            {
+                self.arrayrecord_key: m.arrays_to_record(self.supernet),
+                self.configrecord_key: self._config(server_round),
+            }
         )
 
     def evaluate_content(self, server_round: int, client_id: str) -> RecordDict:
@@ -619,7 +622,7 @@ class SPIDER(FederatedNASBaseline):
         return self.train_content(server_round, client_id)
 
     def _reply_decided(self, content: RecordDict) -> Architecture:
-        config = content.config_records.get("config")
+        config = content.config_records.get(self.configrecord_key)
         if config is None:
             raise ValueError("reply has no ConfigRecord 'config'")
         if m.ARCH not in config:
@@ -643,11 +646,21 @@ class SPIDER(FederatedNASBaseline):
         states, weights = [], []
         for cid, content in replies.items():
             states.append(self.reply_arrays(content))
-            weights.append(float(content.metric_records["metrics"][m.NUM_EXAMPLES]))
+            weights.append(float(content.metric_records[self.metricrecord_key][m.NUM_EXAMPLES]))
             self.decided[cid] = self._reply_decided(content)
         self.supernet = weighted_mean(states, weights)
         counts = [len(a) for a in self.decided.values()]
         return {"decided-edges-mean": float(np.mean(counts)) if counts else 0.0}
+
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays, meta = super().state_dict()
+        decided = {cid: architecture_to_json(a) for cid, a in self.decided.items()}
+        return arrays, {**meta, "decided": decided}
+
+    def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        decided = {str(c): parse_decided(self.family, a) for c, a in meta["decided"].items()}
+        super().load_state_dict(arrays, meta)
+        self.decided = decided
 
     def client_row(self, client_id: str) -> dict[str, Any]:
         """The client's latest reported decided edges (JSON) and their number."""

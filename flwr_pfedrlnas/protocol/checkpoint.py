@@ -1,0 +1,71 @@
+"""The one checkpoint format of every method: arrays in .npz, the rest in JSON, atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["atomic_write", "read_checkpoint", "write_checkpoint"]
+
+STATE_FILE = "state.json"
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` through a temporary file in the same folder, synced, then renamed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_checkpoint(
+    directory: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping[str, Any],
+    tag: str,
+) -> Path:
+    """Save ``arrays`` (one .npz named by ``tag``) and ``meta`` (``state.json``).
+
+    ``state.json`` is renamed last and names the array file it belongs to, so
+    a crash at any point leaves the previous checkpoint whole and readable;
+    older array files are removed once the new state is in place. Nothing is
+    pickled: ``meta`` must be JSON.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(dict(meta, arrays_file=f"arrays-{tag}.npz"), indent=1, sort_keys=True)
+    name = f"arrays-{tag}.npz"
+    atomic_write(
+        directory / name, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
+    )
+    atomic_write(directory / STATE_FILE, lambda f: f.write(text.encode()))
+    for old in directory.glob("arrays-*.npz"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return directory
+
+
+def read_checkpoint(
+    directory: str | os.PathLike,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """``(arrays, meta)`` of the checkpoint in ``directory``, or ``None`` if there is none."""
+    directory = Path(directory)
+    state = directory / STATE_FILE
+    if not state.exists():
+        return None
+    meta = json.loads(state.read_text())
+    with np.load(directory / meta["arrays_file"], allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return arrays, meta

@@ -1,0 +1,133 @@
+"""Round numbering, evaluation schedule, seeded sampling and the cost of each exchange."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flwr_pfedrlnas.core.rewards import DEFAULT_BANDWIDTH_BPS, round_time
+
+__all__ = [
+    "ExchangeLedger",
+    "RoundSchedule",
+    "bandwidth_bps_of",
+    "natural_key",
+    "natural_sorted",
+    "seeded_sample",
+]
+
+
+def natural_key(client_id: str) -> tuple[int, int, str]:
+    """Sort key of a client id: numeric ids first, by value ("2" before "10"), then text."""
+    text = str(client_id)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def natural_sorted(client_ids: Iterable[str]) -> list[str]:
+    """Client ids in natural order (the order sampling draws from)."""
+    return sorted((str(c) for c in client_ids), key=natural_key)
+
+
+def bandwidth_bps_of(mbps: float) -> float:
+    """A run config's ``bandwidth-mbps`` in bit/s, checked (the one conversion)."""
+    value = float(mbps)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"bandwidth-mbps must be a positive number, got {mbps!r}")
+    return value * 1e6
+
+
+def seeded_sample(rng: np.random.Generator, client_ids: Sequence[str], num: int) -> list[str]:
+    """``num`` distinct clients drawn with ``rng`` from the natural order of their ids.
+
+    The draw depends only on the set of stable client ids, never on Flower's
+    node ids or on the order in which nodes connected, so a resumed run (its
+    generator restored) samples what the uninterrupted one would have.
+    """
+    if num < 1:
+        raise ValueError(f"clients per round must be >= 1, got {num!r}")
+    pool = natural_sorted(client_ids)
+    if num >= len(pool):
+        return pool
+    picked = rng.choice(len(pool), size=num, replace=False)
+    return [pool[i] for i in sorted(picked)]
+
+
+@dataclass
+class RoundSchedule:
+    """Which round is which, across a resume.
+
+    Rounds are numbered globally: a run resumed after ``rounds_done`` rounds
+    continues at ``rounds_done + 1`` and ends at ``num_rounds``.
+
+    Parameters
+    ----------
+    num_rounds : int
+        Rounds of the whole run.
+    evaluate_every : int (default: 1)
+        Every client tests its deployed model every this many rounds and in
+        the last one.
+    rounds_done : int (default: 0)
+        Rounds completed before this start (from a checkpoint).
+    """
+
+    num_rounds: int
+    evaluate_every: int = 1
+    rounds_done: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_rounds", 0), ("evaluate_every", 1), ("rounds_done", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+    def remaining(self) -> range:
+        """The global numbers of the rounds still to run."""
+        return range(self.rounds_done + 1, self.num_rounds + 1)
+
+    def is_last_round(self, rnd: int) -> bool:
+        return rnd >= self.num_rounds
+
+    def is_evaluation_round(self, rnd: int) -> bool:
+        return rnd % self.evaluate_every == 0 or self.is_last_round(rnd)
+
+
+@dataclass
+class ExchangeLedger:
+    """Bytes, simulated time and failures of one round's exchanges.
+
+    Every exchange that counts towards the round adds the bytes each client
+    received and sent (as serialised by the framework) and the slowest
+    client's compute + transfer time; the round's simulated latency is the sum
+    over its exchanges plus the server's own time.
+    """
+
+    bandwidth_down_bps: float = DEFAULT_BANDWIDTH_BPS
+    bandwidth_up_bps: float = DEFAULT_BANDWIDTH_BPS
+    bytes_down: int = 0
+    bytes_up: int = 0
+    exchange_seconds: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    server_seconds: float = 0.0
+
+    def client_time(self, compute_seconds: float, down: int, up: int) -> float:
+        return round_time(compute_seconds, down, up, self.bandwidth_down_bps, self.bandwidth_up_bps)
+
+    def add_exchange(self, clients: Iterable[tuple[float, int, int]]) -> float:
+        """Record one exchange: ``(compute_seconds, bytes_down, bytes_up)`` per client."""
+        slowest = 0.0
+        for compute, down, up in clients:
+            self.bytes_down += int(down)
+            self.bytes_up += int(up)
+            slowest = max(slowest, self.client_time(compute, down, up))
+        self.exchange_seconds.append(slowest)
+        return slowest
+
+    def fail(self, who: str, reason: str) -> None:
+        self.failures.append(f"{who}: {reason}")
+
+    @property
+    def latency(self) -> float:
+        return float(sum(self.exchange_seconds) + self.server_seconds)
