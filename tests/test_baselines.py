@@ -37,28 +37,36 @@ HANDLERS = {
 
 def test_fedavg_trains_the_largest_subnet_and_averages(local_grid, tmp_path):
     family = get_supernet("elastic-cnn", num_stages=2, base_width=4)
+    seen = []
+    grid = local_grid(NODES, HANDLERS, tamper=lambda msg, reply: seen.append((msg, reply)) or reply)
     strategy = FedAvgFixedArch(
         family, clients_per_round=2, min_available_nodes=3, results_dir=str(tmp_path)
     )
-    grid = local_grid(NODES, HANDLERS)
-    initial = strategy.initial_arrays()
-    msgs = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
-    assert len(msgs) == 2
-    assert json.loads(msgs[0].content["config"]["arch"]) == family.largest_architecture()
-    replies = grid.send_and_receive(msgs)
-    arrays, _ = strategy.aggregate_train(1, replies)
+    initial = {k: v.copy() for k, v in strategy.weights.items()}
+    strategy.start(grid, num_rounds=1)
+    train = [(q, r) for q, r in seen if "train" in q.metadata.message_type]
+    assert len(train) == 2
+    for msg, _ in train:
+        assert json.loads(msg.content["config"]["arch"]) == family.largest_architecture()
+        sent = record_to_arrays(msg.content["arrays"])
+        assert all(np.array_equal(sent[k], initial[k]) for k in initial)
     # Example-weighted mean of the two replies, key by key.
-    states = [record_to_arrays(r.content["arrays"]) for r in replies]
-    weights = np.array([r.content["metrics"]["num-examples"] for r in replies], dtype=float)
-    merged = record_to_arrays(arrays)
+    states = [record_to_arrays(r.content["arrays"]) for _, r in train]
+    weights = np.array([r.content["metrics"]["num-examples"] for _, r in train], dtype=float)
     key = "classifier.weight"
     expected = sum(w * s[key] for w, s in zip(weights, states)) / weights.sum()
-    np.testing.assert_allclose(merged[key], expected, rtol=1e-5)
-    result = strategy.start(grid, initial_arrays=initial, num_rounds=2)
+    np.testing.assert_allclose(strategy.weights[key], expected, rtol=1e-6)
+    again = FedAvgFixedArch(
+        family, clients_per_round=2, min_available_nodes=3, results_dir=str(tmp_path)
+    )
+    again.start(local_grid(NODES, HANDLERS), num_rounds=2)
     rounds = pd.read_csv(tmp_path / "rounds.csv")
     assert list(rounds["round"]) == [1, 2] and (rounds["num-evaluated"] == 3).all()
     assert (rounds["latency-round-s"] > 0).all()
-    assert len(result.arrays) == len(family.subnet_shapes(family.largest_architecture()))
+    # Two clients each received and returned the whole subnet: bytes count both.
+    nbytes = sum(v.nbytes for v in initial.values())
+    assert (rounds["bytes-down"] >= 2 * nbytes).all() and (rounds["bytes-up"] >= 2 * nbytes).all()
+    assert set(again.weights) == set(family.subnet_shapes(family.largest_architecture()))
 
 
 def test_fedavg_evaluates_every_k_rounds_and_the_last(local_grid, tmp_path):

@@ -7,18 +7,16 @@ from flwr_pfedrlnas.baselines.client import (
     train_parts,
 )
 from flwr_pfedrlnas.baselines.fedavg import FedAvgFixedArch
+from flwr_pfedrlnas.baselines.fedtp import AttentionHypernetwork, FedTP
 from flwr_pfedrlnas.baselines.models import SmallViT, build_model, mobilenet_v3_large_small_input
 from flwr_pfedrlnas.baselines.personalised import (
-    BASELINES,
-    AttentionHypernetwork,
     FedAvgFineTune,
     FedBABU,
     FedRep,
-    FedTP,
     LocalOnly,
     PersonalisedFedAvg,
-    make_baseline,
 )
+from flwr_pfedrlnas.baselines.registry import BASELINES, make_baseline
 
 __all__ = [
     "BASELINES",

@@ -88,9 +88,9 @@ class MethodDriver:
         ``check(client_id, content)``, which raises ``ValueError`` (or
         ``KeyError`` / ``TypeError``) naming the field. Refused replies are
         logged and listed in the round's failures; a sampled client that did
-        not answer is a failure too. With ``timed`` the bytes of both
-        directions and the slowest usable client's compute + transfer time
-        count towards the round.
+        not answer is a failure too. With ``timed`` every byte sent and
+        received (``ArrayRecord.count_bytes``) and the slowest usable client's
+        compute + transfer time count towards the round.
         """
         sent = {
             cid: Message(
@@ -106,7 +106,7 @@ class MethodDriver:
         self._waited += time.perf_counter() - t0
         accepted: dict[str, RecordDict] = {}
         answered: set[str] = set()
-        costs = []
+        seconds: list[float] = []
         for reply in sorted(replies, key=lambda r: str(node_to_cid.get(r.metadata.src_node_id))):
             cid = node_to_cid.get(reply.metadata.src_node_id)
             if cid is None or cid in answered:
@@ -127,11 +127,16 @@ class MethodDriver:
             if timed:
                 metrics = reply.content.metric_records.get(self.method.metricrecord_key, {})
                 compute = float(metrics.get(m.COMPUTE_SECONDS, 0.0))
-                costs.append((compute, content_bytes(contents[cid]), content_bytes(reply.content)))
+                down, up = content_bytes(contents[cid]), content_bytes(reply.content)
+                seconds.append(self.ledger.client_time(compute, down, up))
         for cid in sorted(set(sent) - answered):
             self._refuse(cid, "no reply")
         if timed:
-            self.ledger.add_exchange(costs)
+            self.ledger.add_exchange(
+                sum(content_bytes(c) for c in contents.values()),
+                sum(content_bytes(r.content) for r in replies if not r.has_error()),
+                seconds,
+            )
         return accepted
 
     def _refuse(self, who: str, reason: str) -> None:
@@ -208,6 +213,7 @@ class MethodDriver:
             "bytes-up": self.ledger.bytes_up,
             "wall-seconds": time.perf_counter() - started,
             **extra,
+            **meth.round_fields(rnd),
         }
         self.recorder.add_round(row)
         self._log(rnd, row, picked)

@@ -172,6 +172,10 @@ class Method:
         """Extra per-client fields of clients.csv (e.g. the deployed architecture)."""
         return {}
 
+    def round_fields(self, server_round: int) -> dict[str, Any]:
+        """Extra fields of the round's row once its evaluation is in (none by default)."""
+        return {}
+
     def after_round(self, server_round: int, row: Mapping[str, Any]) -> None:
         """Anything the method records once a round is done (e.g. per-tier ranges)."""
 

@@ -66,6 +66,8 @@ def read_checkpoint(
     if not state.exists():
         return None
     meta = json.loads(state.read_text())
+    if "arrays_file" not in meta:
+        raise ValueError(f"{state} is not a checkpoint of this format (no 'arrays_file')")
     with np.load(directory / meta["arrays_file"], allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     return arrays, meta

@@ -115,15 +115,19 @@ class ExchangeLedger:
     def client_time(self, compute_seconds: float, down: int, up: int) -> float:
         return round_time(compute_seconds, down, up, self.bandwidth_down_bps, self.bandwidth_up_bps)
 
-    def add_exchange(self, clients: Iterable[tuple[float, int, int]]) -> float:
-        """Record one exchange: ``(compute_seconds, bytes_down, bytes_up)`` per client."""
-        slowest = 0.0
-        for compute, down, up in clients:
-            self.bytes_down += int(down)
-            self.bytes_up += int(up)
-            slowest = max(slowest, self.client_time(compute, down, up))
-        self.exchange_seconds.append(slowest)
-        return slowest
+    def add_exchange(
+        self, bytes_down: int, bytes_up: int, client_seconds: Iterable[float]
+    ) -> float:
+        """Record one exchange: all bytes sent and received, and each usable client's time.
+
+        Bytes count whatever became of the reply (a refused upload still used
+        the link); the exchange lasts as long as its slowest usable client.
+        """
+        self.bytes_down += int(bytes_down)
+        self.bytes_up += int(bytes_up)
+        slowest = max(client_seconds, default=0.0)
+        self.exchange_seconds.append(float(slowest))
+        return float(slowest)
 
     def fail(self, who: str, reason: str) -> None:
         self.failures.append(f"{who}: {reason}")

@@ -1,6 +1,6 @@
-"""Baselines ClientApp: trains and tests the personalised model of the method it is sent."""
+"""Baselines ClientApp: runs whatever step of whichever baseline it is sent."""
 
-from flwr_pfedrlnas.baselines import make_baseline_client_app
+from flwr_pfedrlnas.baselines.app import make_baselines_client_app
 from flwr_pfedrlnas.flower.runconfig import load_data
 
-app = make_baseline_client_app(load_data)
+app = make_baselines_client_app(load_data)

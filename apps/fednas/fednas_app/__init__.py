@@ -1,1 +1,0 @@
-"""Federated-NAS baselines Flower app (FedNAS, FedRLNAS, SPIDER, FedorAS)."""
