@@ -25,9 +25,9 @@ from flwr_pfedrlnas.baselines import (
     baseline_train,
     build_model,
     make_baseline,
-    make_baseline_client_app,
     train_parts,
 )
+from flwr_pfedrlnas.baselines.app import make_baselines_client_app
 from flwr_pfedrlnas.baselines.client import personal_key
 from flwr_pfedrlnas.baselines.models import attention_keys, is_head_key
 from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
@@ -400,7 +400,7 @@ def test_two_round_simulation_of_every_method(tmp_path):
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
     run_simulation(
-        server_app, make_baseline_client_app(_embedded), SIM_CLIENTS, backend_config=backend
+        server_app, make_baselines_client_app(_embedded), SIM_CLIENTS, backend_config=backend
     )
     for method in METHODS:
         results = tmp_path / method / "results"

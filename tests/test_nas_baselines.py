@@ -13,6 +13,7 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader, TensorDataset
 
+from flwr_pfedrlnas.baselines.app import make_baselines_client_app
 from flwr_pfedrlnas.baselines.nas import (
     NAS_BASELINES,
     FedNAS,
@@ -21,7 +22,6 @@ from flwr_pfedrlnas.baselines.nas import (
     derive_architecture,
     handle,
     make_nas_baseline,
-    make_nas_client_app,
     onehot_weights,
     zero_alphas,
 )
@@ -347,7 +347,9 @@ def test_two_round_simulation_of_every_nas_method(tmp_path):
             strategy.start(grid, num_rounds=2)
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
-    run_simulation(server_app, make_nas_client_app(_embedded), SIM_CLIENTS, backend_config=backend)
+    run_simulation(
+        server_app, make_baselines_client_app(_embedded), SIM_CLIENTS, backend_config=backend
+    )
     supernet_bytes = sum(v.nbytes for v in SIM_FAMILY.init_supernet_state(0).values())
     for method in knobs:
         rounds = pd.read_csv(tmp_path / method / "rounds.csv")

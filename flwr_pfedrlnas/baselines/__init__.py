@@ -1,9 +1,9 @@
 """Baselines, run under the same protocol and results writer as PerFedRLNAS."""
 
+from flwr_pfedrlnas.baselines.app import make_baselines_client_app
 from flwr_pfedrlnas.baselines.client import (
     baseline_evaluate,
     baseline_train,
-    make_baseline_client_app,
     train_parts,
 )
 from flwr_pfedrlnas.baselines.fedavg import FedAvgFixedArch
@@ -33,7 +33,7 @@ __all__ = [
     "baseline_train",
     "build_model",
     "make_baseline",
-    "make_baseline_client_app",
+    "make_baselines_client_app",
     "mobilenet_v3_large_small_input",
     "train_parts",
 ]

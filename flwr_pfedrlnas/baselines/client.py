@@ -1,4 +1,4 @@
-"""Client side of the personalised-FL baselines: Message-API handlers and a ClientApp factory.
+"""Client side of the personalised-FL baselines: the Message-API train and test steps.
 
 Personal tensors (FedRep's and FedBABU's heads, Local's whole model) live in
 ``context.state`` under ``personal-<method>`` and never travel; with a
@@ -16,13 +16,12 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
 
 from flwr_pfedrlnas.baselines.models import build_model, is_head_key
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import client_id_from_context, identify
+from flwr_pfedrlnas.flower.client import client_id_from_context
 from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, run_epochs
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "baseline_evaluate",
     "baseline_train",
     "build_from_config",
-    "make_baseline_client_app",
     "personal_key",
     "train_parts",
 ]
@@ -311,40 +309,3 @@ def baseline_evaluate(
         }
     )
     return Message(content=content, reply_to=msg)
-
-
-def make_baseline_client_app(
-    load_data: LoadData,
-    build: BuildModel = build_from_config,
-    device: str | None = None,
-) -> ClientApp:
-    """A ``ClientApp`` serving every baseline (the method comes in each message's config).
-
-    Parameters
-    ----------
-    load_data : Callable[[Context, int], tuple[DataLoader, DataLoader]]
-        This node's train and test loaders for a batch size (should cache).
-    build : Callable[[ConfigRecord], nn.Module] (default: build_from_config)
-        The seeded initial model for a config.
-    device : str | None (default: None)
-        Torch device; CUDA when available if ``None``.
-    """
-    app = ClientApp()
-
-    def _loaders(msg: Message, context: Context):
-        config = msg.content.config_records.get("config", ConfigRecord())
-        return load_data(context, int(config.get(m.BATCH_SIZE, 32)))
-
-    @app.train()
-    def _train(msg: Message, context: Context) -> Message:
-        return baseline_train(msg, context, *_loaders(msg, context), device, build)
-
-    @app.evaluate()
-    def _evaluate(msg: Message, context: Context) -> Message:
-        return baseline_evaluate(msg, context, *_loaders(msg, context), device, build)
-
-    @app.query()
-    def _query(msg: Message, context: Context) -> Message:
-        return identify(msg, context)
-
-    return app

@@ -15,6 +15,7 @@ from flwr_pfedrlnas.core.search_space import architecture_to_json as arch_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.method import Method
 from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
+from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["FedAvgFixedArch"]
@@ -94,10 +95,9 @@ class FedAvgFixedArch(Method):
         }
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return {WEIGHTS_PREFIX + k: v for k, v in self.weights.items()}, {}
+        return prefixed(WEIGHTS_PREFIX, self.weights), {}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        n = len(WEIGHTS_PREFIX)
-        weights = {k[n:]: np.asarray(v) for k, v in arrays.items() if k.startswith(WEIGHTS_PREFIX)}
+        weights = unprefixed(WEIGHTS_PREFIX, arrays)
         check_shapes(weights, self.weights)
         self.weights = weights

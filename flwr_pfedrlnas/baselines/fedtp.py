@@ -14,6 +14,7 @@ from flwr_pfedrlnas.baselines.models import attention_keys
 from flwr_pfedrlnas.baselines.personalised import PersonalisedFedAvg
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
+from flwr_pfedrlnas.protocol.checkpoint import unprefixed
 
 __all__ = ["AttentionHypernetwork", "FedTP"]
 
@@ -172,8 +173,7 @@ class FedTP(PersonalisedFedAvg):
         return arrays, {**meta, "client-index": dict(self.client_index)}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        n = len(HYPERNETWORK_PREFIX)
-        hn = {k[n:]: np.asarray(v) for k, v in arrays.items() if k.startswith(HYPERNETWORK_PREFIX)}
+        hn = unprefixed(HYPERNETWORK_PREFIX, arrays)
         own = {k: v.detach().cpu().numpy() for k, v in self.hypernetwork.state_dict().items()}
         check_shapes(hn, own)
         index = {str(c): int(i) for c, i in meta["client-index"].items()}

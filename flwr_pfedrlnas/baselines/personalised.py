@@ -15,6 +15,7 @@ from flwr_pfedrlnas.baselines.nas.base import weighted_mean
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.method import Method
 from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
+from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
 
 __all__ = [
     "FedAvgFineTune",
@@ -189,11 +190,10 @@ class PersonalisedFedAvg(Method):
         }
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return {SHARED_PREFIX + k: v for k, v in self.shared.items()}, {}
+        return prefixed(SHARED_PREFIX, self.shared), {}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        n = len(SHARED_PREFIX)
-        shared = {k[n:]: np.asarray(v) for k, v in arrays.items() if k.startswith(SHARED_PREFIX)}
+        shared = unprefixed(SHARED_PREFIX, arrays)
         check_shapes(shared, self.shared)
         self.shared = shared
 

@@ -16,7 +16,12 @@ from flwr.serverapp import Grid
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.identity import identify_clients
 from flwr_pfedrlnas.flower.replies import answer_problem
-from flwr_pfedrlnas.protocol.checkpoint import read_checkpoint, write_checkpoint
+from flwr_pfedrlnas.protocol.checkpoint import (
+    prefixed,
+    read_checkpoint,
+    unprefixed,
+    write_checkpoint,
+)
 from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
 from flwr_pfedrlnas.protocol.rounds import ExchangeLedger, RoundSchedule, seeded_sample
 
@@ -285,7 +290,7 @@ class MethodDriver:
         arrays, meta = meth.state_dict()
         write_checkpoint(
             str(meth.checkpoint_dir),
-            {METHOD_PREFIX + k: v for k, v in arrays.items()},
+            prefixed(METHOD_PREFIX, arrays),
             {
                 "method": meth.method,
                 "rounds-done": int(rnd),
@@ -309,7 +314,7 @@ class MethodDriver:
                 f"checkpoint in {meth.checkpoint_dir} is of method {meta.get('method')!r}, "
                 f"not {meth.method!r}"
             )
-        own = {k[len(METHOD_PREFIX) :]: v for k, v in arrays.items() if k.startswith(METHOD_PREFIX)}
+        own = unprefixed(METHOD_PREFIX, arrays)
         meth.load_state_dict(own, meta["method-state"])  # raises, changing nothing, if unfit
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]

@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["atomic_write", "read_checkpoint", "write_checkpoint"]
+__all__ = ["atomic_write", "prefixed", "read_checkpoint", "unprefixed", "write_checkpoint"]
 
 STATE_FILE = "state.json"
 
@@ -71,3 +71,14 @@ def read_checkpoint(
     with np.load(directory / meta["arrays_file"], allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     return arrays, meta
+
+
+def prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` under names ``prefix + name`` (one part of a checkpoint's arrays)."""
+    return {prefix + k: v for k, v in arrays.items()}
+
+
+def unprefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The part of a checkpoint's arrays saved under ``prefix``, with the prefix removed."""
+    n = len(prefix)
+    return {k[n:]: np.asarray(v) for k, v in arrays.items() if k.startswith(prefix)}

@@ -1,15 +1,16 @@
 """Federated-NAS baselines of the paper's Table 3 on the DARTS space.
 
-FedNAS, FedRLNAS, SPIDER and FedorAS share one round loop
-(:class:`FederatedNASBaseline`: identity, seeded sampling, reply checks,
-bytes and simulated latency, personalised evaluation, results files) and one
-``ClientApp`` (:func:`make_nas_client_app`); ``apps/fednas`` runs them.
+FedNAS, FedRLNAS, SPIDER and FedorAS are Methods on a supernet
+(:class:`FederatedNASBaseline`) over the one round protocol; their client
+steps register with :func:`register_step`, and
+:func:`~flwr_pfedrlnas.baselines.app.make_baselines_client_app` serves them;
+``apps/baselines`` runs them.
 """
 
 from typing import Any
 
 from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, content_bytes, weighted_mean
-from flwr_pfedrlnas.baselines.nas.client import handle, make_nas_client_app, register_step
+from flwr_pfedrlnas.baselines.nas.client import handle, register_step
 from flwr_pfedrlnas.baselines.nas.darts_mixed import (
     MixedDARTS,
     derive_architecture,
@@ -34,7 +35,6 @@ __all__ = [
     "derive_architecture",
     "handle",
     "make_nas_baseline",
-    "make_nas_client_app",
     "onehot_weights",
     "register_step",
     "weighted_mean",

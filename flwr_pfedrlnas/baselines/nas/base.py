@@ -23,6 +23,7 @@ from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.driver import content_bytes
 from flwr_pfedrlnas.flower.method import Method
 from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
+from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["NAS_STEP", "FederatedNASBaseline", "content_bytes", "weighted_mean"]
@@ -118,14 +119,9 @@ class FederatedNASBaseline(Method):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        arrays = {SUPERNET_PREFIX + k: v for k, v in self.supernet.items()}
-        return arrays, {}
+        return prefixed(SUPERNET_PREFIX, self.supernet), {}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        supernet = {
-            k[len(SUPERNET_PREFIX) :]: np.asarray(v)
-            for k, v in arrays.items()
-            if k.startswith(SUPERNET_PREFIX)
-        }
+        supernet = unprefixed(SUPERNET_PREFIX, arrays)
         check_shapes(supernet, self.supernet)
         self.supernet = supernet

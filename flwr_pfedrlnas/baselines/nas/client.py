@@ -1,4 +1,4 @@
-"""Client side of the federated-NAS baselines: one ClientApp, steps chosen by the message.
+"""Client side of the federated-NAS baselines: steps chosen by the message.
 
 Every message names its step in ``config["nas-step"]``; the step's handler
 gets the message, the node's ``Context``, its train and test loaders and the
@@ -13,14 +13,13 @@ from collections.abc import Callable
 
 import torch
 from flwr.app import ConfigRecord, Context, Message
-from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
 from flwr_pfedrlnas.baselines.nas.base import NAS_STEP
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import LoadData, evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.client import LoadData, evaluate_subnet, train_subnet
 
-__all__ = ["StepHandler", "device_of", "make_nas_client_app", "register_step", "steps"]
+__all__ = ["StepHandler", "device_of", "register_step", "steps"]
 
 StepHandler = Callable[[Message, Context, DataLoader, DataLoader, torch.device], Message]
 
@@ -72,32 +71,3 @@ def handle(
         raise ValueError(f"{NAS_STEP} {step!r} unknown for {kind} messages; known: {known}")
     train_loader, test_loader = load_data(context, int(config.get(m.BATCH_SIZE, 32)))
     return handler(msg, context, train_loader, test_loader, device_of(device))
-
-
-def make_nas_client_app(load_data: LoadData, device: str | None = None) -> ClientApp:
-    """A ``ClientApp`` serving FedNAS, FedRLNAS, SPIDER and FedorAS.
-
-    Parameters
-    ----------
-    load_data : Callable[[Context, int], tuple[DataLoader, DataLoader]]
-        This node's train and test loaders for a batch size (should cache).
-    device : str | None (default: None)
-        Torch device; CUDA when available if ``None``.
-    """
-    from . import fednas, fedoras, fedrlnas, spider  # noqa: F401  (register their steps)
-
-    app = ClientApp()
-
-    @app.train()
-    def _train(msg: Message, context: Context) -> Message:
-        return handle("train", msg, context, load_data, device)
-
-    @app.evaluate()
-    def _evaluate(msg: Message, context: Context) -> Message:
-        return handle("evaluate", msg, context, load_data, device)
-
-    @app.query()
-    def _query(msg: Message, context: Context) -> Message:
-        return identify(msg, context)
-
-    return app

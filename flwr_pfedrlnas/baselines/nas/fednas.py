@@ -40,6 +40,7 @@ from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, 
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
 from flwr_pfedrlnas.supernets import get_supernet
 from flwr_pfedrlnas.training import evaluate
 
@@ -155,12 +156,11 @@ class FedNAS(FederatedNASBaseline):
 
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, meta = super().state_dict()
-        arrays.update({ALPHAS_PREFIX + k: v for k, v in self.alphas.items()})
+        arrays.update(prefixed(ALPHAS_PREFIX, self.alphas))
         return arrays, {**meta, "arch": self.arch}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        n = len(ALPHAS_PREFIX)
-        alphas = {k[n:]: np.asarray(v) for k, v in arrays.items() if k.startswith(ALPHAS_PREFIX)}
+        alphas = unprefixed(ALPHAS_PREFIX, arrays)
         self.check_shapes(alphas, self.alphas)
         arch = meta.get("arch")
         arch = None if arch is None else self.family.search_space.validate(arch)

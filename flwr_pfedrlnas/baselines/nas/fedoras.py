@@ -118,6 +118,7 @@ from flwr_pfedrlnas.core.search_space import (
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
 from flwr_pfedrlnas.flower.identity import natural_sorted
+from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm
 
@@ -636,7 +637,7 @@ class FedorAS(FederatedNASBaseline):
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, meta = super().state_dict()
         for t, model in enumerate(self.tier_models):
-            arrays.update({f"{TIER_PREFIX}{t}/{k}": v for k, v in model.items()})
+            arrays.update(prefixed(f"{TIER_PREFIX}{t}/", model))
         meta = {
             **meta,
             "tier-of": dict(self.tier_of),
@@ -658,8 +659,7 @@ class FedorAS(FederatedNASBaseline):
             raise ValueError(f"checkpoint has {len(archs)} tiers, the method {self.num_tiers}")
         models = []
         for t in range(int(meta["num-tier-models"])):
-            prefix = f"{TIER_PREFIX}{t}/"
-            model = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            model = unprefixed(f"{TIER_PREFIX}{t}/", arrays)
             self.check_shapes(model, extract_subnet(self.family, self.supernet, archs[t]))
             models.append(model)
         arch_rng, candidate_rng = np.random.default_rng(), np.random.default_rng()
