@@ -1,4 +1,4 @@
-"""Tests of flwr_pfedrlnas.data.datasets: sources, Dirichlet partitions, splits, loaders."""
+"""Tests of flwr_pfedrlnas.data: sources, Dirichlet partitions, splits, loaders."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from flwr_pfedrlnas.data import cifar_schema, embedded, hub, sources
 from flwr_pfedrlnas.data import datasets as D
 
 IDX_DIR = Path("/work/shared/data/fashion-mnist")
@@ -20,10 +21,10 @@ K = 8
 @pytest.fixture
 def clear_caches():
     """Forget cached pools / partitions (for tests that fake the hub)."""
-    D._load_source_cached.cache_clear()
+    sources._load_source_cached.cache_clear()
     D._partition_cached.cache_clear()
     yield
-    D._load_source_cached.cache_clear()
+    sources._load_source_cached.cache_clear()
     D._partition_cached.cache_clear()
 
 
@@ -63,7 +64,8 @@ def test_embedded_npz_layout_and_license_in_package():
 
 
 def test_package_does_not_depend_on_shared_folder():
-    assert "/work/shared" not in inspect.getsource(D)
+    for module in (D, sources, hub, embedded, cifar_schema):
+        assert "/work/shared" not in inspect.getsource(module), module.__name__
 
 
 # --------------------------------------------------------------- partitioning

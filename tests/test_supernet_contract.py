@@ -1,9 +1,9 @@
-"""The supernet contract, checked the same way for every registered family."""
+"""The supernet contract, checked by the shipped flwr_pfedrlnas.testing for every family."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.supernets import CPU_PRESETS, available_supernets, cpu_preset, get_supernet
+from flwr_pfedrlnas.testing import (
+    CONTRACT_CHECKS,
+    SupernetContractError,
+    check_supernet_family,
+    contract_architectures,
+    supernet_contract_test,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "elastic_mlp.py"
 
@@ -26,7 +33,7 @@ def _load_example():
     return sys.modules["elastic_mlp"]
 
 
-_load_example()  # the bring-your-own example registers "elastic-mlp"
+ElasticMLP = _load_example().ElasticMLPFamily  # the bring-your-own example, registered
 
 # CPU-sized knobs per family (grayscale 32x32 input, 10 classes): the built-in
 # families' presets, and the bring-your-own example's.
@@ -36,71 +43,141 @@ CPU_KNOBS = {
 }
 
 
-def _archs(family, n=3):
-    rng = np.random.default_rng(0)
-    archs = [family.smallest_architecture(), family.largest_architecture()]
-    return archs + [family.search_space.sample(rng) for _ in range(n)]
-
-
 def test_every_family_has_cpu_knobs():
     assert set(available_supernets()) == set(CPU_KNOBS)
 
 
-@pytest.fixture(scope="module", params=sorted(CPU_KNOBS))
-def family_and_state(request):
-    family = get_supernet(request.param, **CPU_KNOBS[request.param])
-    return family, family.init_supernet_state(seed=0)
+@pytest.fixture(scope="module")
+def families():
+    """Each family built once per module (the checks do not change a family)."""
+    return {name: get_supernet(name, **knobs) for name, knobs in CPU_KNOBS.items()}
 
 
-def test_subnets_build_run_and_are_supernet_slices(family_and_state):
-    family, supernet = family_and_state
-    for arch in _archs(family):
-        model = family.build_subnet(arch)
-        state = extract_subnet(family, supernet, arch)
-        check_subnet_state(family, arch, state, supernet)
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
-        assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == family.subnet_shapes(
-            arch
-        )
-        for key, slices in family.subnet_slices(arch).items():
-            assert np.array_equal(state[key], supernet[key][slices])
-        out = model(torch.randn(2, 1, 32, 32))
-        assert out.shape == (2, 10)
-        out.sum().backward()
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+@pytest.mark.parametrize("check", CONTRACT_CHECKS)
+@pytest.mark.parametrize("name", sorted(CPU_KNOBS))
+def test_family_honours_the_contract(families, name, check):
+    # The same shipped checks a user runs on their own family.
+    check_supernet_family(families[name], num_archs=3, seed=0, checks=(check,))
 
 
-def test_unchanged_weights_leave_the_supernet_bit_for_bit(family_and_state):
-    family, supernet = family_and_state
-    updates = [
-        (a, extract_subnet(family, supernet, a), 5 + i) for i, a in enumerate(_archs(family))
-    ]
-    merged = merge_subnets(family, supernet, updates)
-    assert all(merged[k].tobytes() == supernet[k].tobytes() for k in supernet)
+# The pytest helper, as a user writes it: one test per check.
+test_elastic_mlp_with_the_pytest_helper = supernet_contract_test(
+    lambda: get_supernet("elastic-mlp", in_features=32 * 32, width_choices=[8, 16]), seed=1
+)
 
 
-def test_extract_after_merge_round_trips(family_and_state):
-    family, supernet = family_and_state
-    rng = np.random.default_rng(1)
-    arch = family.search_space.sample(rng)
-    new = {
-        k: (rng.normal(size=v.shape).astype(v.dtype) if v.dtype.kind == "f" else v)
-        for k, v in extract_subnet(family, supernet, arch).items()
-    }
-    merged = merge_subnets(family, supernet, [(arch, new, 3)])
-    back = extract_subnet(family, merged, arch)
-    assert all(back[k].tobytes() == new[k].tobytes() for k in new)
-    covered = family.subnet_slices(arch)
-    for key in supernet:
-        if key not in covered:
-            assert merged[key].tobytes() == supernet[key].tobytes()
+def test_the_shipped_checks_import_no_flower():
+    code = (
+        "import sys, flwr_pfedrlnas.testing;"
+        "bad = [m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_family_rebuilds_from_its_json_config(family_and_state):
-    family, _ = family_and_state
-    again = get_supernet(family.name, **json.loads(family.config_json()))
-    assert again.supernet_shapes() == family.supernet_shapes()
-    assert again.search_space.names == family.search_space.names
+def test_contract_architectures_are_smallest_largest_then_sampled():
+    family = get_supernet("elastic-mlp", **CPU_KNOBS["elastic-mlp"])
+    archs = contract_architectures(family, num_archs=4, seed=3)
+    assert archs[0] == family.smallest_architecture()
+    assert archs[1] == family.largest_architecture()
+    rng = np.random.default_rng(3)
+    sampled = [family.search_space.sample(rng) for _ in range(4)]
+    assert archs[2:] == [a for i, a in enumerate(sampled) if a not in archs[:2] + sampled[:i]]
+    assert contract_architectures(family, num_archs=0) == archs[:2]
+    with pytest.raises(ValueError, match="num_archs=-1"):
+        contract_architectures(family, num_archs=-1)
+    with pytest.raises(ValueError, match="checks=.*'nonsense'"):
+        check_supernet_family(family, checks=("slices", "nonsense"))
+
+
+# ------------------------------------------------ families that break the contract
+class _TrailingRows(ElasticMLP):
+    """Subnet rows taken from the END of each supernet tensor: not a leading slice."""
+
+    name = "broken-trailing-rows"
+
+    def tensor_slices(self, key, sub_shape, super_shape):
+        if not sub_shape:  # a scalar (BatchNorm's num_batches_tracked)
+            return ()
+        rows = slice(super_shape[0] - sub_shape[0], super_shape[0])
+        return (rows, *(slice(0, s) for s in sub_shape[1:]))
+
+
+class _ExtraKey(ElasticMLP):
+    """The subnet has a buffer the supernet lacks."""
+
+    name = "broken-extra-key"
+
+    def build_subnet(self, arch):
+        model = super().build_subnet(arch)
+        model.register_buffer("stray", torch.zeros(3))
+        return model
+
+
+class _WiderHead(ElasticMLP):
+    """The subnet's head has more classes than the supernet's: no slice can hold it."""
+
+    name = "broken-wider-head"
+
+    def build_subnet(self, arch):
+        model = super().build_subnet(arch)
+        if arch == self.largest_architecture():
+            return model
+        model.head = torch.nn.Linear(model.head.in_features, self.config["num_classes"] + 1)
+        return model
+
+
+class _ForgetsKnob(ElasticMLP):
+    """A knob (``wide``) that the family does not record: a client rebuilds another net."""
+
+    name = "broken-forgets-knob"
+
+    def __init__(self, wide=False, **ignored):
+        super().__init__(width_choices=[16, 64] if wide else [16, 32])
+
+
+class _CrashesWhenSmall(ElasticMLP):
+    """The smallest subnet's forward fails (it expects another input size)."""
+
+    name = "broken-crashes-when-small"
+
+    def build_subnet(self, arch):
+        model = super().build_subnet(arch)
+        if arch == self.smallest_architecture():
+            model.forward = lambda x: model.head(x.flatten(1))
+        return model
+
+
+@pytest.mark.parametrize(
+    ("family", "check", "pattern"),
+    [
+        (_TrailingRows(width_choices=[8, 16]), "slices", r"key 'layers\.0\.0\.weight'.*leading"),
+        (_ExtraKey(width_choices=[8, 16]), "slices", "key 'stray' is not in the supernet"),
+        (_WiderHead(width_choices=[8, 16]), "slices", "'head.weight'.*larger than"),
+        (_ForgetsKnob(wide=True), "rebuild", "differs after a rebuild from JSON"),
+        (_CrashesWhenSmall(width_choices=[8, 16]), "forward-backward", "forward.*raised"),
+    ],
+    ids=lambda v: v.name if isinstance(v, ElasticMLP) else None,
+)
+def test_checks_fail_on_a_broken_family_naming_architecture_and_key(family, check, pattern):
+    with pytest.raises(SupernetContractError, match=pattern) as info:
+        check_supernet_family(family, checks=(check,))
+    assert isinstance(info.value, AssertionError)  # pytest reports it as a failed check
+    assert f"{family.name} [{check}] architecture " in str(info.value) or check == "rebuild"
+    # Every other family passes the same check: the finding is the break, not the check.
+    check_supernet_family(get_supernet("elastic-mlp", width_choices=[8, 16]), checks=(check,))
+
+
+def test_custom_slices_pass_only_when_declared_and_then_merge_consistently():
+    family = _TrailingRows(width_choices=[8, 16])
+    with pytest.raises(SupernetContractError, match="allow_custom_slices=True"):
+        check_supernet_family(family)
+    check_supernet_family(family, allow_custom_slices=True)  # shapes and merges still hold
+    arch = family.smallest_architecture()
+    supernet = family.init_supernet_state(seed=0)
+    state = extract_subnet(family, supernet, arch)
+    rows = state["layers.0.0.weight"].shape[0]
+    assert np.array_equal(state["layers.0.0.weight"], supernet["layers.0.0.weight"][-rows:])
 
 
 def test_a_user_family_runs_through_the_strategy_unchanged(local_grid, tmp_path):
