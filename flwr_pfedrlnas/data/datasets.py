@@ -47,6 +47,7 @@ __all__ = [
     "load_client_data",
     "load_source",
     "make_loaders",
+    "make_val_loader",
     "partition_indices",
 ]
 
@@ -55,13 +56,13 @@ MIN_PARTITION_SIZE = 10  # DirichletPartitioner resamples until every client has
 
 @dataclass
 class ClientData:
-    """One client's train and test split, ready for a model.
+    """One client's train, validation and test split, ready for a model.
 
     Attributes
     ----------
-    train_x, test_x : np.ndarray
+    train_x, val_x, test_x : np.ndarray
         ``float32``, ``N x C x H x W``, padded to ``resolution`` and normalised.
-    train_y, test_y : np.ndarray
+    train_y, val_y, test_y : np.ndarray
         ``int64`` labels.
     num_classes, in_channels, resolution : int
         What the model has to accept and predict.
@@ -74,6 +75,13 @@ class ClientData:
     num_classes: int
     in_channels: int
     resolution: int
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+
+    @property
+    def num_val(self) -> int:
+        """Number of validation examples (0: no validation split)."""
+        return 0 if self.val_y is None else len(self.val_y)
 
     @property
     def num_train(self) -> int:
@@ -239,8 +247,9 @@ def load_client_data(
     seed: int,
     test_fraction: float = 0.2,
     data_dir: str | None = None,
+    val_fraction: float = 0.0,
 ) -> ClientData:
-    """One client's train / test data of a Dirichlet-partitioned source.
+    """One client's train / validation / test data of a Dirichlet-partitioned source.
 
     The pool (see :func:`load_source`) is split over ``num_partitions``
     clients by :func:`partition_indices`; this client's partition is then
@@ -262,6 +271,12 @@ def load_client_data(
         As in :func:`partition_indices`; ``seed`` also seeds the split.
     test_fraction : float, default 0.2
         Share of each class held out for testing, in ``(0, 1)``.
+    val_fraction : float, default 0.0
+        Share of each class of the partition held out for validation, in
+        ``[0, 1 - test_fraction)``: the split the search's reward may see,
+        neither trained on nor reported. It comes out of the training part
+        (stratified the same way), so the test split is exactly as large as
+        without it; 0 gives no validation split.
 
     Returns
     -------
@@ -277,12 +292,22 @@ def load_client_data(
         )
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction={test_fraction!r} must be in (0, 1)")
+    if not 0.0 <= val_fraction < 1.0 - test_fraction:
+        raise ValueError(
+            f"val_fraction={val_fraction!r} must be in [0, 1 - test_fraction) "
+            f"(test_fraction={test_fraction!r})"
+        )
     pool = load_source(source, data_dir)
     idx = partition_indices(source, num_partitions, alpha, seed, data_dir)
     idx = idx[int(partition_id)]
     labels = pool.labels[idx]
     rng = np.random.default_rng([seed, int(partition_id)])
     train_pos, test_pos = _stratified_split(labels, test_fraction, rng)
+    val_pos = None
+    if val_fraction > 0:
+        # The share of the whole partition, taken from what is left after the test split.
+        keep, held = _stratified_split(labels[train_pos], val_fraction / (1.0 - test_fraction), rng)
+        train_pos, val_pos = train_pos[keep], train_pos[held]
     info = pool.info
     return ClientData(
         train_x=_prepare(pool.images[idx[train_pos]], info),
@@ -292,6 +317,8 @@ def load_client_data(
         num_classes=info.num_classes,
         in_channels=info.channels,
         resolution=info.resolution,
+        val_x=None if val_pos is None else _prepare(pool.images[idx[val_pos]], info),
+        val_y=None if val_pos is None else labels[val_pos].copy(),
     )
 
 
@@ -328,6 +355,14 @@ def make_loaders(
     )
     test_loader = DataLoader(test, batch_size=batch_size, shuffle=False, num_workers=0)
     return train_loader, test_loader
+
+
+def make_val_loader(client_data: ClientData, batch_size: int) -> DataLoader | None:
+    """The loader of a client's validation split, in order; ``None`` when it has none."""
+    if client_data.num_val == 0:
+        return None
+    val = TensorDataset(torch.from_numpy(client_data.val_x), torch.from_numpy(client_data.val_y))
+    return DataLoader(val, batch_size=int(batch_size), shuffle=False, num_workers=0)
 
 
 def label_distribution(partition_labels: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
