@@ -17,19 +17,19 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flwr_pfedrlnas.baselines.nas.base import NAS_STEP, content_bytes
 from flwr_pfedrlnas.baselines.nas.client import handle
-from flwr_pfedrlnas.baselines.nas.fedoras import (
+from flwr_pfedrlnas.baselines.nas.fedoras import FedorAS
+from flwr_pfedrlnas.baselines.nas.fedoras_client import (
     ACCURACIES,
     CANDIDATES,
-    FedorAS,
-    _parameter_count,
     candidate_key,
     evaluate_candidates,
 )
+from flwr_pfedrlnas.baselines.nas.fedoras_tiers import _parameter_count
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search_space import architecture_from_json, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.protocol.rounds import RoundSchedule
 from flwr_pfedrlnas.flower.client import identify
+from flwr_pfedrlnas.protocol.rounds import RoundSchedule
 from flwr_pfedrlnas.supernets import get_supernet
 
 FAMILY = get_supernet(

@@ -16,13 +16,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flwr_pfedrlnas.baselines.nas.client import handle
 from flwr_pfedrlnas.baselines.nas.darts_mixed import MixedDARTS, onehot_weights
-from flwr_pfedrlnas.baselines.nas.spider import (
+from flwr_pfedrlnas.baselines.nas.spider import SPIDER
+from flwr_pfedrlnas.baselines.nas.spider_client import spider_train
+from flwr_pfedrlnas.baselines.nas.spider_search import (
     DECIDED_EDGES,
     EDGES_PER_STEP,
     LAMBDA,
     META_KEY,
     PERSONAL_KEY,
-    SPIDER,
     WARMUP,
     candidate_operations,
     edge_order,
@@ -30,7 +31,6 @@ from flwr_pfedrlnas.baselines.nas.spider import (
     parse_decided,
     proximal_train,
     select_operation,
-    spider_train,
 )
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.flower import messages as m

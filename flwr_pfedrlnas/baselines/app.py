@@ -39,7 +39,8 @@ def make_baselines_client_app(load_data: LoadData, device: str | None = None) ->
     device : str | None (default: None)
         Torch device; CUDA when available if ``None``.
     """
-    from flwr_pfedrlnas.baselines.nas import fednas, fedoras, fedrlnas, spider  # noqa: F401
+    # The modules holding the federated-NAS client steps register them on import.
+    from flwr_pfedrlnas.baselines.nas import fednas, fedoras_client, spider_client  # noqa: F401
 
     app = ClientApp()
 

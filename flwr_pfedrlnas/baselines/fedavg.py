@@ -1,4 +1,7 @@
-"""FedAvg on one fixed architecture of a supernet family (e.g. its largest subnet)."""
+"""FedAvg on one fixed architecture of a supernet family (e.g. its largest subnet).
+
+Described in ``docs/baselines.md``.
+"""
 
 from __future__ import annotations
 

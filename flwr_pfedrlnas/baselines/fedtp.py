@@ -1,4 +1,7 @@
-"""FedTP: a server-side hypernetwork generates each client's attention projections."""
+"""FedTP: a server-side hypernetwork generates each client's attention projections.
+
+Described in ``docs/baselines.md``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Personalised-FL baselines of the paper on a fixed model: FedAvg+FT, Local, FedRep, FedBABU."""
+"""Personalised-FL baselines of the paper on a fixed model: FedAvg+FT, Local, FedRep, FedBABU.
+
+Described in ``docs/baselines.md``.
+"""
 
 from __future__ import annotations
 

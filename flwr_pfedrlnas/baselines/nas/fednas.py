@@ -1,25 +1,7 @@
 """FedNAS: federated DARTS search of one shared architecture, then federated training of it.
 
-Search phase (the first ``search_rounds`` rounds): every sampled client gets
-the whole DARTS supernet and the architecture logits ``alpha`` (one row of
-operation logits per edge and cell type), runs first-order DARTS locally —
-batches alternate between a weight step (SGD on the training loss of the
-mixed network) and an architecture step (Adam on ``alpha``, learning rate
-``arch_lr``, betas (0.5, 0.999), weight decay ``arch_weight_decay``, as
-DARTS) — and returns both. The server averages the weights and the
-architecture logits with example weights (FedNAS's aggregation).
-
-Train phase: the architecture is derived from the averaged logits as DARTS
-does (per node the two strongest incoming edges, each with its strongest
-operation other than 'none'; here the other edges are 'none') and that
-subnet, initialised from the searched supernet's weights, is trained with
-FedAvg. Every client tests the current derived subnet (not personalised: one
-architecture for all). FedNAS sends the whole supernet both ways in every
-search round, which the recorded bytes show.
-
-A client splits its local data by alternating batches (even ones train the
-weights, odd ones the architecture) instead of two fixed halves; per epoch it
-sees the same number of examples in each role.
+The method, and where this package's version differs, is described in
+``docs/baselines.md``.
 """
 
 from __future__ import annotations

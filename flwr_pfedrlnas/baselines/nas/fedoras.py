@@ -1,113 +1,37 @@
 """FedorAS: federated NAS across device tiers, on this package's supernet families.
 
-FedorAS ("FedorAS: Federated Architecture Search under system heterogeneity",
-2022) trains one weight-sharing supernet with clients of different capability,
-each training only subnets its device can afford, then
-searches one model per device tier and fine-tunes it federatedly within the
-tier. This module adapts it to the path-wise DARTS space (any family works;
-model sizes are fastest for families with ``operation_sizes``).
-
-Tiers
-    Every client gets a capability score. With a
-    :class:`~flwr_pfedrlnas.core.profiles.ProfileDistribution` it is
-    ``log(memory budget) - log(speed factor)`` of the client's seeded device
-    profile (``-log(speed factor)`` when the profiles have no memory budget:
-    a faster device is more capable). Without profiles it is a seeded random
-    number in ``[0, 1)``, a pure function of the seed and the client id (the
-    same in every process and rerun). The clients known at the first round
-    are sorted by score (ties: client id) and cut into ``num_tiers``
-    equal-size quantile groups (the client of rank ``r`` out of ``n`` goes to
-    tier ``floor(r * num_tiers / n)``; tier 0 is the weakest). Equal-size
-    groups, unlike 1-D k-means, never leave a tier empty when there are at
-    least ``num_tiers`` clients. A client that connects later goes to the
-    highest tier whose weakest member it matches or beats, so a weaker client
-    is never in a higher tier than a stronger one.
-
-Budgets
-    Model size = parameter count of a subnet. Tier ``t``'s budget is the
-    ``(t + 1) / num_tiers`` quantile of the sizes of ``budget_samples``
-    seeded random architectures; the top tier's budget is the size of the
-    largest architecture, so the most capable devices may train any subnet
-    (the paper's top tier is unconstrained). With ``operation_sizes`` (the
-    DARTS family) the size is the parameters of the chosen operations plus
-    every weight outside the operations (stem, preprocessing, classifier): an
-    upper bound of the subnet's exact count, equal to it unless every edge
-    reading a cell input is 'none' (the subnet then drops that input's
-    preprocessing). Other families count the subnet's parameters exactly.
-
-Phase 1, "supernet" (rounds ``1 .. supernet_rounds``)
-    Every sampled client gets a random architecture within its tier's budget
-    (seeded rejection sampling from the search space; after
-    ``max_sample_tries`` misses the smallest architecture) cut from the
-    supernet, trains it (the built-in ``"subnet"`` step), and the server
-    merges the replies with the count-normalised masked average
-    (:func:`~flwr_pfedrlnas.core.aggregation.merge_subnets`).
-
-Search (once, at the start of round ``supernet_rounds + 1``)
-    Per tier, ``num_candidates`` distinct seeded architectures within the
-    budget. Every connected client of the tier receives all of them (an
-    EVALUATE message, step ``"candidates"``: one ArrayRecord ``cand-{i}`` per
-    candidate, their JSON in ``config["candidates"]``) and replies one
-    accuracy per candidate, measured on ``candidate_batches`` batches of its
-    *training* data after re-estimating BatchNorm statistics on the following
-    training batches (all of them, or ``bn-recalibration-batches``; the same
-    batches for every candidate). The tier's model is the candidate with the
-    best example-weighted mean accuracy over the tier's replies (ties: the
-    first). The exchange's bytes and time count in the round. A tier without
-    a usable reply keeps its phase-1 reference architecture.
-
-Phase 2, "finetune"
-    Each tier's model is its chosen subnet, initialised from the supernet and
-    then kept as a separate state; sampled clients train their tier's model,
-    and each tier's state becomes the example-weighted mean of its own
-    replies (other tiers are untouched).
-
-Evaluation
-    Every client tests its tier's model on its own test split: in phase 1 the
-    tier's reference architecture (the largest of the budget samples within
-    the tier's budget) cut from the current supernet; in phase 2 the tier's
-    fine-tuned model. :meth:`FedorAS.tier_accuracy_ranges` (and
-    ``tiers.csv`` in ``results_dir`` after every round) gives each tier's
-    accuracy range over its clients at the last evaluation, as the paper
-    reports it.
-
-Deviations from the published method: sizes are parameter counts, not
-FLOPs; phase 1 samples uniformly among in-budget architectures (no
-tier-wise sampling schedule and no inter-tier distillation); the search is a
-seeded random search scored on the clients' training batches instead of an
-evolutionary search on held-out client data; tier assignment uses simulated
-profiles (or random scores) instead of measured device classes.
+One weight-sharing supernet trained by clients of different capability, each
+on subnets its device tier affords, then one model searched and fine-tuned
+per tier. This module runs the rounds (phases, training, evaluation, state,
+``tiers.csv``) over the tiers of :mod:`.fedoras_tiers` and the search of
+:mod:`.fedoras_search`; the client step is in :mod:`.fedoras_client`. The
+protocol, our adaptations and the differences from the published method
+are in ``docs/baselines.md``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-import zlib
-from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Mapping
 from logging import INFO
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, RecordDict
 from flwr.common import log
-from torch.utils.data import DataLoader
 
-from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
-from flwr_pfedrlnas.baselines.nas.client import register_step
+from flwr_pfedrlnas.baselines.nas.base import weighted_mean
+
+# The client side, re-exported so that the names keep their old import path.
+from flwr_pfedrlnas.baselines.nas.fedoras_client import (
+    ACCURACIES,
+    CANDIDATE_BATCHES,
+    CANDIDATES,
+    candidate_key,
+    evaluate_candidates,
+)
+from flwr_pfedrlnas.baselines.nas.fedoras_search import FedorASSearch
 from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search_space import (
@@ -116,11 +40,9 @@ from flwr_pfedrlnas.core.search_space import (
     architecture_to_json,
 )
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import client_id_from_context
 from flwr_pfedrlnas.flower.identity import natural_sorted
 from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
-from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
-from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm
+from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = [
     "ACCURACIES",
@@ -131,92 +53,12 @@ __all__ = [
     "evaluate_candidates",
 ]
 
-# ConfigRecord keys of a candidates message and the MetricRecord key of its reply.
 TIER_PREFIX = "tier/"  # tier models in the checkpoint
-CANDIDATES = "candidates"
-CANDIDATE_BATCHES = "candidate-batches"
-ACCURACIES = "accuracies"
 
 
-def candidate_key(index: int) -> str:
-    """Name of the ArrayRecord holding candidate ``index``'s weights."""
-    return f"cand-{int(index)}"
-
-
-@lru_cache(maxsize=16)
-def _family(name: str, config_json: str) -> SupernetFamily:
-    return get_supernet(name, **json.loads(config_json))
-
-
-# ---------------------------------------------------------------------- client
-@register_step("evaluate", "candidates")
-def evaluate_candidates(
-    msg: Message,
-    context: Context,
-    train_loader: DataLoader,
-    test_loader: DataLoader,
-    device: torch.device,
-) -> Message:
-    """Score every candidate subnet of the message on local training batches.
-
-    The first ``candidate-batches`` batches of one pass over the training
-    loader are the scoring batches; the following ones (all of them, or
-    ``bn-recalibration-batches`` when that is positive; 0: no re-estimation)
-    re-estimate each candidate's BatchNorm statistics first. When the loader
-    has no batch beyond the scoring ones, the statistics are re-estimated on
-    the scoring batches. Every candidate sees the same batches. The test
-    split is never used. The reply's metrics: ``accuracies`` (one per
-    candidate, in order), ``num-examples`` (scored examples) and
-    ``compute-seconds``.
-    """
-    start = time.perf_counter()
-    config = msg.content["config"]
-    for key in (CANDIDATES, m.SUPERNET, m.SUPERNET_CONFIG):
-        if key not in config:
-            raise ValueError(f"config lacks {key!r}")
-    family = _family(str(config[m.SUPERNET]), str(config[m.SUPERNET_CONFIG]))
-    candidates = config[CANDIDATES]
-    if isinstance(candidates, str):
-        candidates = [candidates]
-    archs = [architecture_from_json(str(a), family.search_space) for a in candidates]
-    score_batches = max(1, int(config.get(CANDIDATE_BATCHES, 2)))
-    bn_batches = int(config.get(m.BN_RECALIBRATION_BATCHES, -1))
-    wanted = None if bn_batches < 0 else score_batches + bn_batches
-    batches = []
-    for i, batch in enumerate(train_loader):
-        if wanted is not None and i >= wanted:
-            break
-        batches.append(batch)
-    scoring, recalibration = batches[:score_batches], batches[score_batches:]
-    if not recalibration:
-        recalibration = scoring
-    accuracies, num_examples = [], 0
-    for i, arch in enumerate(archs):
-        model = family.build_subnet(arch)
-        model.load_state_dict(msg.content[candidate_key(i)].to_torch_state_dict(), strict=True)
-        if bn_batches != 0:
-            recalibrate_batchnorm(model, recalibration, None, device)
-        _, accuracy, num_examples = evaluate(model, scoring, device=device)
-        accuracies.append(float(accuracy))
-    content = RecordDict(
-        {
-            "metrics": MetricRecord(
-                {
-                    ACCURACIES: accuracies,
-                    m.NUM_EXAMPLES: int(num_examples),
-                    m.COMPUTE_SECONDS: time.perf_counter() - start,
-                }
-            ),
-            "config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
-
-
-# ---------------------------------------------------------------------- server
-class FedorAS(FederatedNASBaseline):
+class FedorAS(FedorASSearch):
     """FedorAS: a supernet trained across device tiers, then one searched and
-    fine-tuned model per tier (see the module docstring for the protocol).
+    fine-tuned model per tier (the protocol is in ``docs/baselines.md``).
 
     Parameters
     ----------
@@ -259,153 +101,30 @@ class FedorAS(FederatedNASBaseline):
         max_sample_tries: int = 1000,
         **kwargs: Any,
     ) -> None:
-        super().__init__(family, **kwargs)
-        for name, value, low in (
-            ("num_tiers", num_tiers, 1),
-            ("num_candidates", num_candidates, 1),
-            ("candidate_batches", candidate_batches, 1),
-            ("budget_samples", budget_samples, 1),
-            ("max_sample_tries", max_sample_tries, 1),
-        ):
-            if isinstance(value, bool) or int(value) != value or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        super().__init__(
+            family,
+            num_tiers=num_tiers,
+            profiles=profiles,
+            budget_samples=budget_samples,
+            max_sample_tries=max_sample_tries,
+            num_candidates=num_candidates,
+            candidate_batches=candidate_batches,
+            **kwargs,
+        )
         if supernet_rounds is not None and (
             isinstance(supernet_rounds, bool)
             or int(supernet_rounds) != supernet_rounds
             or supernet_rounds < 1
         ):
             raise ValueError(f"supernet_rounds must be an integer >= 1, got {supernet_rounds!r}")
-        self.num_tiers = int(num_tiers)
         self.supernet_rounds = None if supernet_rounds is None else int(supernet_rounds)
-        self.num_candidates = int(num_candidates)
-        self.candidate_batches = int(candidate_batches)
-        self.profiles = profiles
-        self.max_sample_tries = int(max_sample_tries)
-        # Independent seeded streams, so that client sampling matches the other baselines.
+        # A seeded stream of its own, so that client sampling matches the other baselines.
         self._arch_rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 1])
-        self._candidate_rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 2])
-        self._size_cache: dict[str, int] = {}
-        self._fixed_size: int | None = None
-        budget_rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 3])
-        samples = [family.search_space.sample(budget_rng) for _ in range(int(budget_samples))]
-        sizes = np.array([self.model_size(a) for a in samples], dtype=np.int64)
-        budgets = [
-            int(np.quantile(sizes, (t + 1) / self.num_tiers, method="inverted_cdf"))
-            for t in range(self.num_tiers - 1)
-        ]
-        budgets.append(max(int(sizes.max()), self.model_size(family.largest_architecture())))
-        self.budgets: list[int] = budgets
-        # Phase-1 reference of each tier: the largest budget sample within its budget.
-        self.reference_archs: list[Architecture] = []
-        for budget in budgets:
-            fitting = [i for i, s in enumerate(sizes) if s <= budget]
-            if fitting:
-                best = max(fitting, key=lambda i: (int(sizes[i]), -i))
-                self.reference_archs.append(family.search_space.validate(samples[best]))
-            else:
-                self.reference_archs.append(family.smallest_architecture())
-        self.tier_of: dict[str, int] = {}
-        self._tier_floor: dict[int, float] = {}  # weakest score of each tier at assignment
-        self.searched = False
-        self.search_results: list[dict[str, Any]] = []
-        self.tier_archs: list[Architecture] = [dict(a) for a in self.reference_archs]
-        self.tier_models: list[dict[str, np.ndarray]] = []
         self._pending: dict[str, Architecture] = {}
         # One ArrayRecord per (purpose, tier), shared by the messages of a tier's clients.
         self._records: dict[tuple[str, int], ArrayRecord] = {}
         self._last_eval: dict[str, float] = {}
         self._last_eval_round = 0
-
-    # ------------------------------------------------------------------ sizes
-    def model_size(self, arch: Architecture) -> int:
-        """Parameter count of ``arch``'s subnet (the tier budgets' measure; cached).
-
-        With ``operation_sizes`` (DARTS): the chosen operations' parameters
-        plus every supernet parameter outside the operations (an upper bound,
-        exact unless a cell input's preprocessing is pruned); otherwise the
-        exact count of the subnet's parameters.
-        """
-        arch = self.family.search_space.validate(arch)
-        key = architecture_to_json(arch)
-        if key in self._size_cache:
-            return self._size_cache[key]
-        op_sizes_of = getattr(self.family, "operation_sizes", None)
-        if callable(op_sizes_of):
-            op_sizes = op_sizes_of()
-            if self._fixed_size is None:
-                every_op = sum(n for ops in op_sizes.values() for n, _ in ops.values())
-                self._fixed_size = _parameter_count(self.family, None) - every_op
-            size = self._fixed_size + sum(op_sizes[d][str(arch[d])][0] for d in op_sizes)
-        else:
-            size = _parameter_count(self.family, arch)
-        self._size_cache[key] = int(size)
-        return int(size)
-
-    def sample_within(self, tier: int, rng: np.random.Generator) -> Architecture:
-        """A random architecture within ``tier``'s budget (rejection sampling)."""
-        budget = self.budgets[tier]
-        for _ in range(self.max_sample_tries):
-            arch = self.family.search_space.sample(rng)
-            if self.model_size(arch) <= budget:
-                return arch
-        return self.family.smallest_architecture()
-
-    # ------------------------------------------------------------------ tiers
-    def capability(self, client_id: str) -> float:
-        """The client's capability score (higher = more capable device)."""
-        if self.profiles is not None:
-            profile = self.profiles.profile(client_id)
-            score = -math.log(profile.speed_factor)
-            if profile.memory_budget_bytes is not None:
-                score += math.log(profile.memory_budget_bytes)
-            return float(score)
-        key = zlib.crc32(str(client_id).encode())
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, key, 0xF0])
-        return float(rng.uniform())
-
-    def assign_tiers(self, clients: Sequence[str]) -> dict[str, int]:
-        """Give every client of ``clients`` without a tier one; the full mapping.
-
-        The first call cuts the clients, sorted by capability, into equal-size
-        groups; later newcomers join the highest tier whose weakest member's
-        score they reach.
-        """
-        new = [str(c) for c in clients if str(c) not in self.tier_of]
-        if not new:
-            return dict(self.tier_of)
-        if not self.tier_of:
-            order = sorted(
-                natural_sorted(new), key=lambda c: self.capability(c)
-            )  # stable: ties keep the natural order
-            n = len(order)
-            for rank, cid in enumerate(order):
-                tier = rank * self.num_tiers // n
-                self.tier_of[cid] = tier
-                score = self.capability(cid)
-                self._tier_floor[tier] = min(self._tier_floor.get(tier, score), score)
-            log(
-                INFO,
-                "FedorAS tiers (budget in parameters): %s",
-                "; ".join(
-                    f"tier {t} <= {self.budgets[t]}: {self.tier_members(t)}"
-                    for t in range(self.num_tiers)
-                ),
-            )
-        else:
-            for cid in natural_sorted(new):
-                score = self.capability(cid)
-                reached = [t for t, floor in self._tier_floor.items() if score >= floor]
-                self.tier_of[cid] = max(reached, default=0)
-        return dict(self.tier_of)
-
-    def tier_members(self, tier: int) -> list[str]:
-        """Clients of ``tier`` in natural order."""
-        return natural_sorted([c for c, t in self.tier_of.items() if t == tier])
-
-    def _tier(self, client_id: str) -> int:
-        if client_id not in self.tier_of:
-            self.assign_tiers([client_id])
-        return self.tier_of[client_id]
 
     # ------------------------------------------------------------------ phases
     def phase1_rounds(self) -> int:
@@ -427,124 +146,6 @@ class FedorAS(FederatedNASBaseline):
         self._records = {}
         if not self.searched and server_round > self.phase1_rounds():
             self.search(server_round, exchange, clients)
-
-    # ------------------------------------------------------------------ search
-    def draw_candidates(self, tier: int) -> list[Architecture]:
-        """``num_candidates`` seeded, distinct (where possible) in-budget architectures."""
-        out: list[Architecture] = []
-        seen: set[str] = set()
-        for _ in range(self.num_candidates * 20):
-            if len(out) == self.num_candidates:
-                break
-            arch = self.sample_within(tier, self._candidate_rng)
-            key = architecture_to_json(arch)
-            if key not in seen:
-                seen.add(key)
-                out.append(arch)
-        while len(out) < self.num_candidates:  # tiny spaces: repeats allowed
-            out.append(self.sample_within(tier, self._candidate_rng))
-        return out
-
-    def candidates_content(
-        self,
-        server_round: int,
-        archs: Sequence[Architecture],
-        states: Sequence[Mapping[str, np.ndarray] | ArrayRecord],
-    ) -> RecordDict:
-        """The EVALUATE message scoring ``archs`` (weights ``states``) on a client."""
-        config = ConfigRecord(
-            {
-                **self.base_config(server_round, "candidates"),
-                CANDIDATES: [architecture_to_json(a) for a in archs],
-                CANDIDATE_BATCHES: self.candidate_batches,
-            }
-        )
-        records: dict[str, Any] = {
-            candidate_key(i): self._as_record(s) for i, s in enumerate(states)
-        }
-        records["config"] = config
-        return RecordDict(records)
-
-    def check_candidates_reply(self, content: RecordDict, expected: int) -> list[float]:
-        """The reply's candidate accuracies; ``ValueError`` naming a bad field."""
-        self.check_metrics(content, (m.NUM_EXAMPLES, m.COMPUTE_SECONDS))
-        metrics = content.metric_records[self.metricrecord_key]
-        if ACCURACIES not in metrics:
-            raise ValueError(f"metrics lack {ACCURACIES!r}")
-        values = metrics[ACCURACIES]
-        if not isinstance(values, list):
-            raise ValueError(f"metrics {ACCURACIES!r} is {values!r}, not a list")
-        if len(values) != expected:
-            raise ValueError(
-                f"metrics {ACCURACIES!r} has {len(values)} value(s), expected {expected}: "
-                f"{values!r}"
-            )
-        out = []
-        for i, value in enumerate(values):
-            v = float(value)
-            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-                raise ValueError(f"metrics {ACCURACIES!r}[{i}] is {value!r}, outside 0..1")
-            out.append(v)
-        return out
-
-    def search(self, server_round: int, exchange: Any, clients: Sequence[str]) -> None:
-        """Pick one architecture per tier and initialise the tier models."""
-        connected = set(clients)
-        candidates = [self.draw_candidates(t) for t in range(self.num_tiers)]
-        states = [
-            [m.arrays_to_record(extract_subnet(self.family, self.supernet, a)) for a in archs]
-            for archs in candidates
-        ]
-        contents = {
-            cid: self.candidates_content(
-                server_round, candidates[self.tier_of[cid]], states[self.tier_of[cid]]
-            )
-            for cid in natural_sorted(self.tier_of)
-            if cid in connected
-        }
-        scores: dict[str, list[float]] = {}
-        examples: dict[str, float] = {}
-
-        def check(cid: str, content: RecordDict) -> None:
-            scores[cid] = self.check_candidates_reply(content, self.num_candidates)
-            examples[cid] = float(content.metric_records[self.metricrecord_key][m.NUM_EXAMPLES])
-
-        accepted = exchange(contents, MessageType.EVALUATE, check)
-        self.search_results = []
-        self.tier_archs = []
-        self.tier_models = []
-        for t in range(self.num_tiers):
-            replied = [c for c in self.tier_members(t) if c in accepted]
-            result: dict[str, Any] = {
-                "tier": t,
-                "candidates": [architecture_to_json(a) for a in candidates[t]],
-                "clients": replied,
-            }
-            if replied:
-                weights = np.array([examples[c] for c in replied], dtype=np.float64)
-                table = np.array([scores[c] for c in replied], dtype=np.float64)
-                mean = weights @ table / weights.sum()
-                chosen = int(np.argmax(mean))
-                arch = candidates[t][chosen]
-                result.update(scores=mean.tolist(), chosen=chosen)
-            else:
-                arch = self.reference_archs[t]
-                result.update(scores=[], chosen=-1)
-            arch = self.family.search_space.validate(arch)
-            result["arch"] = architecture_to_json(arch)
-            self.search_results.append(result)
-            self.tier_archs.append(arch)
-            self.tier_models.append(extract_subnet(self.family, self.supernet, arch))
-        self.searched = True
-        log(
-            INFO,
-            "FedorAS search: %s",
-            "; ".join(
-                f"tier {r['tier']}: candidate {r['chosen']} of {len(r['candidates'])} "
-                f"({self.model_size(self.tier_archs[r['tier']])} parameters)"
-                for r in self.search_results
-            ),
-        )
 
     # ------------------------------------------------------------------ training
     def train_content(self, server_round: int, client_id: str) -> RecordDict:
@@ -615,10 +216,6 @@ class FedorAS(FederatedNASBaseline):
         if key not in self._records:
             self._records[key] = m.arrays_to_record(state())
         return self._records[key]
-
-    @staticmethod
-    def _as_record(state: Mapping[str, np.ndarray] | ArrayRecord) -> ArrayRecord:
-        return state if isinstance(state, ArrayRecord) else m.arrays_to_record(state)
 
     def _subnet_message(
         self,
@@ -744,10 +341,3 @@ class FedorAS(FederatedNASBaseline):
             self.num_candidates,
             self.candidate_batches,
         )
-
-
-def _parameter_count(family: SupernetFamily, arch: Architecture | None) -> int:
-    """Exact parameter count of ``arch``'s subnet (the supernet for ``None``), on meta."""
-    with torch.device("meta"):
-        module = family.build_supernet() if arch is None else family.build_subnet(arch)
-    return int(sum(p.numel() for p in module.parameters()))

@@ -1,24 +1,7 @@
 """FedRLNAS: one global architecture policy for all clients, learned by REINFORCE.
 
-The method has three phases over one weight-sharing supernet:
-
-- warm-up (``warmup_rounds``): every sampled client trains a subnet drawn
-  uniformly from the space; the supernet learns, the policy does not move;
-- search (``search_rounds``): every sampled client trains a subnet drawn from
-  the ONE policy all clients share; the server turns each client's accuracy
-  into a reward against a moving-average baseline, ``r_i = acc_i - b``, takes
-  one policy step along the mean over the round's clients of
-  ``r_i * (onehot(a_i) - softmax(alpha))`` and then moves the baseline,
-  ``b <- decay * b + (1 - decay) * mean_i acc_i`` (the first round starts it
-  at that round's mean);
-- train: every sampled client trains the policy's most probable architecture,
-  averaged as FedAvg.
-
-Replies are merged into the supernet with the same count-normalised masked
-average as PerFedRLNAS, and every client tests the global most probable
-architecture (one architecture for everyone: the method does not
-personalise). Unlike PerFedRLNAS there is no per-client policy and no time
-term in the reward.
+Warm-up, search and train phases over one supernet; described in
+``docs/baselines.md``.
 """
 
 from __future__ import annotations
