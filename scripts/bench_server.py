@@ -1,15 +1,16 @@
 """Server-side cost of PerFedRLNAS against Flower's FedAvg aggregation, and bytes per round.
 
 Measures, in one run and as ratios, the server time of one PerFedRLNAS round
-(client sampling, per-client architecture sampling and subnet extraction, then
-reply validation, rewards, policy updates and the count-normalised masked merge)
-against Flower's own FedAvg aggregation
-(``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords``) of the same
-number of full-size replies, for every supernet family at the paper size (the
-family defaults) and at the CPU preset, at 5 to 100 clients per round. Replies
-are synthetic (the sent subnet plus small seeded noise, seeded metrics); building
-them is not timed. Also writes the bytes each method moves per client and round,
-from the ``nbytes`` of the arrays sent each way::
+(client sampling, per-client architecture sampling and subnet extraction, the
+decoding of the replies' records, then reply validation, rewards, policy updates
+and the count-normalised masked merge) against Flower's own FedAvg aggregation
+(``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords``, which decodes
+too) of the same number of full-size replies, for every supernet family at the
+paper size (the family defaults) and at the CPU preset, at 5 to 100 clients per
+round; and the peak memory the server allocates in one such round (tracemalloc)
+against FedAvg's. Replies are synthetic (the sent subnet plus small seeded noise,
+seeded metrics); building them is not timed. Also writes the bytes each method
+moves per client and round, from the ``nbytes`` of the arrays sent each way::
 
     python scripts/bench_server.py                 # results/efficiency/
     python scripts/bench_server.py --quick --out /tmp/bench   # smoke run, seconds
@@ -18,16 +19,19 @@ from the ``nbytes`` of the arrays sent each way::
 from __future__ import annotations
 
 import argparse
+import cProfile
 import csv
 import datetime as dt
 import gc
 import math
 import os
 import platform
+import pstats
 import shlex
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 import flwr_pfedrlnas.core.search as search_mod
@@ -46,7 +50,7 @@ from flwr_pfedrlnas.supernets import SupernetFamily, cpu_preset, get_supernet
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "efficiency"
-FAMILIES = ("mobilenetv3", "nasvit", "darts")
+FAMILIES = ("mobilenetv3", "nasvit", "darts", "elastic-cnn")
 CLIENTS_PER_ROUND = (5, 10, 20, 50, 100)
 NUM_CLIENTS = 100  # K: clients holding a policy
 BYTES_CLIENTS_PER_ROUND = 5
@@ -69,14 +73,21 @@ SERVER_TIME_COLUMNS = [
     "shape_derivation_s",
     "pfedrlnas_s",
     "decode_s",
+    "pfedrlnas_incl_decode_s",
+    "encode_s",
     "fedavg_largest_s",
     "fedavg_supernet_s",
     "ratio_vs_fedavg_largest",
     "ratio_vs_fedavg_supernet",
     "ratio_incl_decode_vs_fedavg_largest",
+    "ratio_incl_decode_cached_shapes_vs_fedavg_largest",
+    "ratio_incl_decode_encode_vs_fedavg_largest",
     "pfedrlnas_wall_s",
     "fedavg_largest_wall_s",
     "ratio_wall_vs_fedavg_largest",
+    "peak_memory_pfedrlnas_mb",
+    "peak_memory_fedavg_largest_mb",
+    "ratio_peak_memory_vs_fedavg_largest",
     "mean_subnet_mb",
     "largest_subnet_mb",
     "supernet_mb",
@@ -87,12 +98,15 @@ POSITIVE_COLUMNS = [
     "merge_s",
     "pfedrlnas_s",
     "decode_s",
+    "pfedrlnas_incl_decode_s",
     "fedavg_largest_s",
     "fedavg_supernet_s",
     "ratio_vs_fedavg_largest",
     "ratio_vs_fedavg_supernet",
     "ratio_incl_decode_vs_fedavg_largest",
     "ratio_wall_vs_fedavg_largest",
+    "peak_memory_pfedrlnas_mb",
+    "peak_memory_fedavg_largest_mb",
 ]
 BYTES_COLUMNS = [
     "family",
@@ -181,7 +195,8 @@ def instrumented(family: SupernetFamily, clock: Clock) -> Iterator[None]:
     """Time the validation and the merge inside ``incorporate``, and shape derivation.
 
     Wraps the names that :mod:`flwr_pfedrlnas.core.search` calls (and the family's
-    ``subnet_shapes``) for the duration of the block; nothing else changes.
+    shape cache, whose misses build the subnet on the meta device) for the duration
+    of the block; nothing else changes.
     """
     saved = {
         "check_subnet_state": search_mod.check_subnet_state,
@@ -189,13 +204,13 @@ def instrumented(family: SupernetFamily, clock: Clock) -> Iterator[None]:
     }
     search_mod.check_subnet_state = _timed(saved["check_subnet_state"], clock, "validate")
     search_mod.merge_subnets = _timed(saved["merge_subnets"], clock, "merge")
-    family.subnet_shapes = _timed(type(family).subnet_shapes.__get__(family), clock, "shapes")
+    family._cached_shapes = _timed(type(family)._cached_shapes.__get__(family), clock, "shapes")
     try:
         yield
     finally:
         for name, fn in saved.items():
             setattr(search_mod, name, fn)
-        del family.subnet_shapes
+        del family._cached_shapes
 
 
 # --------------------------------------------------------------------------- replies
@@ -251,6 +266,7 @@ class RoundTiming:
     sample_clients: float
     propose: float
     decode: float
+    encode: float
     incorporate: float
     validate: float
     merge: float
@@ -260,6 +276,28 @@ class RoundTiming:
     @property
     def total(self) -> float:
         return self.sample_clients + self.propose + self.incorporate
+
+    @property
+    def with_decode(self) -> float:
+        """The headline: the whole server round, decoding the replies included."""
+        return self.total + self.decode
+
+
+def _wire_replies(
+    proposals: Sequence[Any], maker: ReplyMaker
+) -> list[tuple[str, ArrayRecord, MetricRecord]]:
+    """What the clients send back, as Flower delivers it (records; built untimed)."""
+    return [
+        (p.client_id, m.arrays_to_record(maker.perturb(p.state)), MetricRecord(maker.metrics()))
+        for p in proposals
+    ]
+
+
+def _decode(
+    core: PerFedRLNASSearch, wire: list[tuple[str, ArrayRecord, MetricRecord]]
+) -> list[ClientReply]:
+    """The strategy's decoding of each reply (``reply_from_records``, as ``_parse`` calls it)."""
+    return [m.reply_from_records(cid, rec, met, None, core.family) for cid, rec, met in wire]
 
 
 def pfedrlnas_round(
@@ -280,47 +318,116 @@ def pfedrlnas_round(
         proposals = [core.propose(cid) for cid in sampled]
         t2, w2 = cpu_now(), wall_now()
         shapes_propose = clock.parts.pop("shapes", 0.0)
+        # Timed apart (not in the round's total): the strategy's encoding of what it sends.
+        e0 = cpu_now()
+        sent = [m.arrays_to_record(p.state) for p in proposals]
+        encode_down = cpu_now() - e0
+        del sent
 
-        # Untimed: what the clients send back, as Flower delivers it (ArrayRecords).
-        wire = []
-        for p in proposals:
-            subnet_bytes.append(p.bytes_down)
-            wire.append((p.client_id, m.arrays_to_record(maker.perturb(p.state)), maker.metrics()))
+        subnet_bytes.extend(p.bytes_down for p in proposals)
+        wire = _wire_replies(proposals, maker)
         del proposals
         gc.collect()
 
-        t3 = cpu_now()
-        decoded = [(cid, m.record_to_arrays(rec), met) for cid, rec, met in wire]
+        w3, t3 = wall_now(), cpu_now()
+        replies = _decode(core, wire)
         t4 = cpu_now()
-        del wire
-        replies = [
-            ClientReply(
-                client_id=cid,
-                arch=None,
-                state=state,
-                num_examples=met[m.NUM_EXAMPLES],
-                accuracy=met[m.ACCURACY],
-                compute_seconds=met[m.COMPUTE_SECONDS],
-            )
-            for cid, state, met in decoded
-        ]
-        del decoded
-        gc.collect()
-        w5, t5 = wall_now(), cpu_now()
         outcome = core.incorporate(server_round, replies)
-        t6, w6 = cpu_now(), wall_now()
+        t5, w5 = cpu_now(), wall_now()
+        del replies, wire
+        e0 = cpu_now()
+        m.arrays_to_record(core.supernet)  # what aggregate_train returns to Flower
+        encode = encode_down + cpu_now() - e0
     if outcome.rejected:
         raise RuntimeError(f"synthetic replies rejected: {outcome.rejected}")
     return RoundTiming(
         sample_clients=t1 - t0,
         propose=t2 - t1,
         decode=t4 - t3,
-        incorporate=t6 - t5,
+        encode=encode,
+        incorporate=t5 - t4,
         validate=clock.parts.get("validate", 0.0),
         merge=clock.parts.get("merge", 0.0),
         shapes=shapes_propose + clock.parts.get("shapes", 0.0),
-        wall=(w2 - w0) + (w6 - w5),
+        wall=(w2 - w0) + (w5 - w3),
     )
+
+
+def pfedrlnas_peak_memory(
+    core: PerFedRLNASSearch,
+    client_ids: Sequence[str],
+    n: int,
+    server_round: int,
+    maker: ReplyMaker,
+) -> int:
+    """Peak bytes the server allocates in one (untimed) round, traced by tracemalloc.
+
+    Two phases, as the round runs: propose (what stays alive, the pending
+    proposals, is carried into the second phase), then decode + incorporate with
+    the replies' records already received (they are the input, as FedAvg's are).
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        sampled = core.sample_clients(client_ids, n)
+        proposals = [core.propose(cid) for cid in sampled]
+        kept, peak_propose = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        wire = _wire_replies(proposals, maker)
+        del proposals
+        gc.collect()
+        tracemalloc.start()
+        outcome = core.incorporate(server_round, _decode(core, wire))
+        _, peak_incorporate = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    if outcome.rejected:
+        raise RuntimeError(f"synthetic replies rejected: {outcome.rejected}")
+    return max(peak_propose, kept + peak_incorporate)
+
+
+def profiled_round(
+    core: PerFedRLNASSearch,
+    client_ids: Sequence[str],
+    n: int,
+    server_round: int,
+    maker: ReplyMaker,
+    top: int = 8,
+) -> list[tuple[str, float]]:
+    """One round under cProfile (building the replies excluded): the functions with
+    the most own time, each with its share of the profiled total."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    sampled = core.sample_clients(client_ids, n)
+    proposals = [core.propose(cid) for cid in sampled]
+    profiler.disable()
+    wire = _wire_replies(proposals, maker)
+    del proposals
+    profiler.enable()
+    outcome = core.incorporate(server_round, _decode(core, wire))
+    profiler.disable()
+    if outcome.rejected:
+        raise RuntimeError(f"synthetic replies rejected: {outcome.rejected}")
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tt, ct, callers)
+    total = sum(v[2] for v in stats.values()) or 1.0
+    ranked = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    out = []
+    for (path, line, func), values in ranked:
+        where = func if path == "~" else f"{Path(path).name}:{line} {func}"
+        out.append((where, values[2] / total))
+    return out
+
+
+def fedavg_peak_memory(records: list[RecordDict]) -> int:
+    """Peak bytes Flower's FedAvg aggregation allocates (tracemalloc), result included."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        aggregate_arrayrecords(records, WEIGHT_KEY)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak
 
 
 def fedavg_time(records: list[RecordDict], reps: int) -> tuple[float, float]:
@@ -358,9 +465,12 @@ def quiet_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+Profile = list[tuple[str, float]]
+
+
 def bench_family(
     name: str, size: str, setting: Setting, log: Callable[[str], None]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Profile]:
     """Time every clients-per-round point of one family and size; bytes per method."""
     family = get_supernet(name, **family_knobs(name, size))
     core = PerFedRLNASSearch(family, SearchConfig(seed=SEED))
@@ -383,7 +493,7 @@ def _bench_points(
     core: PerFedRLNASSearch,
     largest: dict[str, np.ndarray],
     supernet: dict[str, np.ndarray],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Profile]:
     client_ids = [f"client-{i:03d}" for i in range(setting.num_clients)]
     supernet_differs = not _same_shapes(largest, supernet)
     maker = ReplyMaker(max(v.size for v in supernet.values()), SEED + 1)
@@ -404,11 +514,14 @@ def _bench_points(
         for _ in range(reps):
             server_round += 1
             timings.append(pfedrlnas_round(core, client_ids, n, server_round, maker, subnet_bytes))
-        med = sorted(timings, key=lambda t: t.total)[(len(timings) - 1) // 2]
-        decode = statistics.median(t.decode for t in timings)
+        med = sorted(timings, key=lambda t: t.with_decode)[(len(timings) - 1) // 2]
+        decode = med.decode
+        server_round += 1
+        peak = pfedrlnas_peak_memory(core, client_ids, n, server_round, maker)
 
         records = fedavg_records(largest, n, maker)
         fedavg_largest, fedavg_largest_wall = fedavg_time(records, reps)
+        fedavg_peak = fedavg_peak_memory(records)
         del records
         if supernet_differs:
             records = fedavg_records(supernet, n, maker)
@@ -432,14 +545,25 @@ def _bench_points(
             "shape_derivation_s": med.shapes,
             "pfedrlnas_s": med.total,
             "decode_s": decode,
+            "pfedrlnas_incl_decode_s": med.with_decode,
+            "encode_s": med.encode,
             "fedavg_largest_s": fedavg_largest,
             "fedavg_supernet_s": fedavg_supernet,
             "ratio_vs_fedavg_largest": med.total / fedavg_largest,
             "ratio_vs_fedavg_supernet": med.total / fedavg_supernet,
-            "ratio_incl_decode_vs_fedavg_largest": (med.total + decode) / fedavg_largest,
+            "ratio_incl_decode_vs_fedavg_largest": med.with_decode / fedavg_largest,
+            "ratio_incl_decode_cached_shapes_vs_fedavg_largest": (
+                (med.with_decode - med.shapes) / fedavg_largest
+            ),
+            "ratio_incl_decode_encode_vs_fedavg_largest": (
+                (med.with_decode + med.encode) / fedavg_largest
+            ),
             "pfedrlnas_wall_s": med.wall,
             "fedavg_largest_wall_s": fedavg_largest_wall,
             "ratio_wall_vs_fedavg_largest": med.wall / fedavg_largest_wall,
+            "peak_memory_pfedrlnas_mb": peak / 1e6,
+            "peak_memory_fedavg_largest_mb": fedavg_peak / 1e6,
+            "ratio_peak_memory_vs_fedavg_largest": peak / fedavg_peak,
             "mean_subnet_mb": float(np.mean(subnet_bytes)) / 1e6,
             "largest_subnet_mb": state_num_bytes(largest) / 1e6,
             "supernet_mb": state_num_bytes(supernet) / 1e6,
@@ -447,12 +571,17 @@ def _bench_points(
         rows.append(row)
         log(
             f"{name:12s} {size:5s} N={n:3d} reps={reps} "
-            f"pfedrlnas {med.total:7.3f} s (propose {med.propose:.3f}, "
-            f"validate {med.validate:.3f}, merge {med.merge:.3f}) | "
-            f"fedavg {fedavg_largest:.3f} s | ratio {row['ratio_vs_fedavg_largest']:.1f} "
+            f"pfedrlnas incl. decode {med.with_decode:7.3f} s (propose {med.propose:.3f}, "
+            f"shapes {med.shapes:.3f}, decode {med.decode:.3f}, validate {med.validate:.3f}, "
+            f"merge {med.merge:.3f}) | fedavg {fedavg_largest:.3f} s | "
+            f"ratio {row['ratio_incl_decode_vs_fedavg_largest']:.2f} | "
+            f"peak {peak / 1e6:.1f} vs {fedavg_peak / 1e6:.1f} MB "
             f"[{time.perf_counter() - t_point:.1f} s]"
         )
-    return rows, bytes_rows(name, size, family, subnet_bytes, largest, supernet)
+    # Where the time goes, at the largest N: one more round under cProfile.
+    n_max = max(setting.clients_per_round)
+    profile = profiled_round(core, client_ids, n_max, server_round + 1, maker)
+    return rows, bytes_rows(name, size, family, subnet_bytes, largest, supernet), profile
 
 
 def bytes_rows(
@@ -519,13 +648,18 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colors = {"mobilenetv3": "tab:blue", "nasvit": "tab:orange", "darts": "tab:green"}
+    colors = {
+        "mobilenetv3": "tab:blue",
+        "nasvit": "tab:orange",
+        "darts": "tab:green",
+        "elastic-cnn": "tab:purple",
+    }
     styles = {"paper": "-", "cpu": "--"}
     for (name, size), group in _groups(rows).items():
         xs = [r["clients_per_round"] for r in group]
         ax.plot(
             xs,
-            [r["ratio_vs_fedavg_largest"] for r in group],
+            [r["ratio_incl_decode_vs_fedavg_largest"] for r in group],
             styles.get(size, "-"),
             marker="o",
             color=colors.get(name),
@@ -534,7 +668,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         if any(r["fedavg_supernet_s"] != r["fedavg_largest_s"] for r in group):
             ax.plot(
                 xs,
-                [r["ratio_vs_fedavg_supernet"] for r in group],
+                [r["pfedrlnas_incl_decode_s"] / r["fedavg_supernet_s"] for r in group],
                 styles.get(size, "-"),
                 marker="x",
                 alpha=0.5,
@@ -548,7 +682,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_xticks(ns)
     ax.set_xticklabels([str(n) for n in ns])
     ax.set_xlabel("clients per round")
-    ax.set_ylabel("server time per round: PerFedRLNAS / FedAvg")
+    ax.set_ylabel("server time per round incl. decoding: PerFedRLNAS / FedAvg")
     ax.set_title("PerFedRLNAS server time relative to Flower's FedAvg aggregation")
     ax.legend(fontsize=7)
     ax.grid(True, which="both", alpha=0.3)
@@ -577,25 +711,32 @@ def _ms(s: float) -> str:
 
 def time_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| Family | Size | N | Rounds | Propose (sample+extract) | Validate | Reward+policy "
-        "| Merge | **PerFedRLNAS** | FedAvg largest | FedAvg supernet | **Ratio** "
-        "| Ratio vs supernet | Ratio incl. decode | Wall-clock ratio |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| Family | Size | N | Rounds | Propose (sample+extract) | Decode | Validate "
+        "| Reward+policy | Merge | Of which shapes | **PerFedRLNAS incl. decode** "
+        "| FedAvg largest | **Ratio incl. decode** | Ratio, shapes cached | Ratio w/o decode "
+        "| Ratio incl. encode | Ratio vs supernet | Wall-clock ratio | Peak MB | FedAvg peak MB "
+        "| Peak ratio |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+        "|---:|---:|---:|---:|"
     )
     lines = [head]
     for r in rows:
         same = r["fedavg_supernet_s"] == r["fedavg_largest_s"]
-        vs_super = "—" if same else f"{r['ratio_vs_fedavg_supernet']:.1f}x"
+        vs_super = "—" if same else f"{r['pfedrlnas_incl_decode_s'] / r['fedavg_supernet_s']:.2f}x"
         lines.append(
             f"| `{r['family']}` | {r['size']} | {r['clients_per_round']} | {r['rounds_timed']} "
-            f"| {_ms(r['sample_clients_s'] + r['propose_s'])} | {_ms(r['validate_s'])} "
-            f"| {_ms(r['reward_policy_s'])} | {_ms(r['merge_s'])} | **{_ms(r['pfedrlnas_s'])}** "
+            f"| {_ms(r['sample_clients_s'] + r['propose_s'])} | {_ms(r['decode_s'])} "
+            f"| {_ms(r['validate_s'])} | {_ms(r['reward_policy_s'])} | {_ms(r['merge_s'])} "
+            f"| {_ms(r['shape_derivation_s'])} | **{_ms(r['pfedrlnas_incl_decode_s'])}** "
             f"| {_ms(r['fedavg_largest_s'])} "
-            f"| {'= largest' if same else _ms(r['fedavg_supernet_s'])} "
-            f"| **{r['ratio_vs_fedavg_largest']:.1f}x** "
+            f"| **{r['ratio_incl_decode_vs_fedavg_largest']:.2f}x** "
+            f"| {r['ratio_incl_decode_cached_shapes_vs_fedavg_largest']:.2f}x "
+            f"| {r['ratio_vs_fedavg_largest']:.2f}x "
+            f"| {r['ratio_incl_decode_encode_vs_fedavg_largest']:.2f}x "
             f"| {vs_super} "
-            f"| {r['ratio_incl_decode_vs_fedavg_largest']:.1f}x "
-            f"| {r['ratio_wall_vs_fedavg_largest']:.1f}x |"
+            f"| {r['ratio_wall_vs_fedavg_largest']:.2f}x "
+            f"| {r['peak_memory_pfedrlnas_mb']:.1f} | {r['peak_memory_fedavg_largest_mb']:.1f} "
+            f"| {r['ratio_peak_memory_vs_fedavg_largest']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -616,49 +757,60 @@ def bytes_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+_PARTS = {
+    "propose (without shapes)": lambda r: max(
+        r["sample_clients_s"] + r["propose_s"] - r["shape_derivation_s"], 0.0
+    ),
+    "deriving shapes of new architectures": lambda r: r["shape_derivation_s"],
+    "decode": lambda r: r["decode_s"],
+    "validate": lambda r: r["validate_s"],
+    "reward+policy": lambda r: r["reward_policy_s"],
+    "merge": lambda r: r["merge_s"],
+}
+
+
+def _profile(r: dict[str, Any]) -> str:
+    """The round's parts, largest first, as shares of the round incl. decoding."""
+    total = r["pfedrlnas_incl_decode_s"]
+    parts = sorted(((f(r), name) for name, f in _PARTS.items()), reverse=True)
+    return ", ".join(f"{name} {value / total:.0%}" for value, name in parts[:3])
+
+
 def reading(rows: list[dict[str, Any]], byte_rows: list[dict[str, Any]]) -> str:
     """Figures-driven reading of the tables (regenerated with every run)."""
-    parts = ("propose", "validate", "reward+policy", "merge")
     out = []
     for (name, size), group in _groups(rows).items():
-        lo, hi = group[0], group[-1]
-        tops, shapes = [], []
-        for r in (lo, hi):
-            values = dict(
-                zip(
-                    parts,
-                    (
-                        r["sample_clients_s"] + r["propose_s"],
-                        r["validate_s"],
-                        r["reward_policy_s"],
-                        r["merge_s"],
-                    ),
-                )
-            )
-            top = max(values, key=values.get)
-            tops.append(f"{top} {values[top] / r['pfedrlnas_s']:.0%}")
-            shapes.append(f"{r['shape_derivation_s'] / r['pfedrlnas_s']:.0%}")
-            merge_share = r["merge_s"] / r["pfedrlnas_s"]
-        verdict = "slower" if hi["ratio_vs_fedavg_largest"] > 1 else "faster"
-        text = (
-            f"- `{name}` ({size}): a PerFedRLNAS server round takes "
-            f"{lo['ratio_vs_fedavg_largest']:.1f}x FedAvg's aggregation at "
-            f"N = {lo['clients_per_round']} ({_ms(lo['pfedrlnas_s'])} vs "
-            f"{_ms(lo['fedavg_largest_s'])} ms) and {hi['ratio_vs_fedavg_largest']:.1f}x at "
-            f"N = {hi['clients_per_round']} ({_ms(hi['pfedrlnas_s'])} vs "
-            f"{_ms(hi['fedavg_largest_s'])} ms): {verdict}. Per client at "
-            f"N = {hi['clients_per_round']}: {_ms(hi['pfedrlnas_s'] / hi['clients_per_round'])} "
-            f"vs {_ms(hi['fedavg_largest_s'] / hi['clients_per_round'])} ms. Largest part: "
-            f"{tops[0]} of the round at N = {lo['clients_per_round']}, {tops[1]} at "
-            f"N = {hi['clients_per_round']}; deriving subnet shapes alone is {shapes[0]} / "
-            f"{shapes[1]}, the merge {merge_share:.0%} at N = {hi['clients_per_round']}."
+        ratios = [r["ratio_incl_decode_vs_fedavg_largest"] for r in group]
+        above = [r for r in group if r["ratio_incl_decode_vs_fedavg_largest"] > 1.0]
+        points = ", ".join(
+            f"{r['ratio_incl_decode_vs_fedavg_largest']:.2f}x at N = {r['clients_per_round']}"
+            for r in group
         )
-        if hi["fedavg_supernet_s"] != hi["fedavg_largest_s"]:
+        text = (
+            f"- `{name}` ({size}): the PerFedRLNAS round incl. decoding takes {points} "
+            f"of FedAvg's aggregation of the largest subnet ({min(ratios):.2f}x to "
+            f"{max(ratios):.2f}x); "
+        )
+        if not above:
+            text += "at most 1.0x at every point."
+        else:
             text += (
-                " Against FedAvg over the whole supernet (FedNAS/SPIDER-style) the ratio is "
-                f"{lo['ratio_vs_fedavg_supernet']:.1f}x at N = {lo['clients_per_round']} and "
-                f"{hi['ratio_vs_fedavg_supernet']:.1f}x at N = {hi['clients_per_round']}."
+                f"{len(above)} of {len(group)} points above 1.0x. Where the time goes there: "
+                + "; ".join(
+                    f"N = {r['clients_per_round']}: {_profile(r)} (with the shapes cached, as "
+                    f"for architectures seen before: "
+                    f"{r['ratio_incl_decode_cached_shapes_vs_fedavg_largest']:.2f}x)"
+                    for r in above
+                )
+                + "."
             )
+        peak = [r["ratio_peak_memory_vs_fedavg_largest"] for r in group]
+        text += (
+            f" Peak memory of the round {min(peak):.2f}x to {max(peak):.2f}x FedAvg's "
+            f"({group[-1]['peak_memory_pfedrlnas_mb']:.1f} MB against "
+            f"{group[-1]['peak_memory_fedavg_largest_mb']:.1f} MB at "
+            f"N = {group[-1]['clients_per_round']})."
+        )
         out.append(text)
     for (name, size), group in _groups(byte_rows).items():
         by = {r["method"].split(" ")[0]: r for r in group}
@@ -674,10 +826,32 @@ def reading(rows: list[dict[str, Any]], byte_rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def profile_section(profiles: dict[tuple[str, str], Profile]) -> str:
+    """The cProfile of one round per family and size (own time, largest first)."""
+    lines = [
+        "One more round per family and size at the largest N, under cProfile (the "
+        "replies' construction excluded): the functions with the most own time, as "
+        "shares of the profiled round. numpy's ufuncs do not appear as functions of "
+        "their own: their time is the own time of the function that calls them "
+        "(`_add_part`, `_merge_small` and `_finish` are the merge's arithmetic, "
+        "`_all_finite` the finiteness check; `torch.nn` module constructors, "
+        "`__setattr__` and `state_dict` are the meta-device builds that derive the "
+        "shapes of new architectures). cProfile slows Python calls, so the Python-heavy parts "
+        "(building subnets on the meta device: `torch.nn` module constructors) weigh "
+        "more here than in the timed rounds.",
+        "",
+    ]
+    for (name, size), profile in profiles.items():
+        parts = "; ".join(f"`{where}` {share:.0%}" for where, share in profile)
+        lines.append(f"- `{name}` ({size}): {parts}.")
+    return "\n".join(lines)
+
+
 README_TEMPLATE = """# Server efficiency: PerFedRLNAS against Flower's FedAvg
 
 What the PerFedRLNAS server costs per round compared with Flower's own FedAvg
-aggregation, and how many bytes each method moves per round.
+aggregation, how much memory it takes, and how many bytes each method moves per
+round.
 
 Generated on {date} with
 
@@ -687,47 +861,65 @@ Generated on {date} with
 
 (seed {seed}; {machine}; Python {python}, numpy {numpy}, flwr {flwr}; whole run
 {wall:.0f} s). Files: [`server_time.csv`](server_time.csv),
-[`bytes.csv`](bytes.csv), [`server_time.png`](server_time.png).
+[`bytes.csv`](bytes.csv), [`server_time.png`](server_time.png); the stages
+before and after the issue-16 changes: [`before-after.md`](before-after.md).
 
 ## What is measured
 
-- **PerFedRLNAS, one round of the server core** (`PerFedRLNASSearch`, the code the
-  Flower strategy runs), everything the server computes in a round:
-  client sampling (`sample_clients`, K = {num_clients} clients, every one of them
-  with a policy), per sampled client architecture sampling from its policy and
-  subnet extraction (`propose`); then, on the replies, `incorporate`:
-  validation of every reply (`check_subnet_state`: keys, shapes, dtypes,
-  finiteness), rewards (eq. 8), REINFORCE/Adam policy updates and the
+- **PerFedRLNAS, one server round** (`PerFedRLNASSearch`, the code the Flower
+  strategy runs, plus the strategy's decoding of the replies), everything the
+  server computes in a round: client sampling (`sample_clients`, K = {num_clients}
+  clients, every one of them with a policy), per sampled client architecture
+  sampling from its policy and subnet extraction (`propose`); the decoding of each
+  reply's records (`reply_from_records`, what the strategy's `_parse` calls); then
+  `incorporate`: validation of every reply (`check_subnet_state`: keys, shapes,
+  dtypes, finiteness), rewards, REINFORCE/Adam policy updates and the
   count-normalised masked merge into the supernet (`merge_subnets`). The parts are
   timed by wrapping the functions `incorporate` calls; "reward+policy" is the rest
   of `incorporate` (metric checks, rewards, policy updates, the copies that make
-  the state change atomic).
+  the state change atomic). "Of which shapes" is the time spent deriving the tensor
+  shapes of architectures not seen before (building the subnet on PyTorch's meta
+  device, `SupernetFamily.subnet_shapes`); it is part of propose.
 - **FedAvg**: Flower's own `flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords`
   (what `FedAvg.aggregate_train` calls) on `RecordDict` replies holding an
   `ArrayRecord` and a `MetricRecord` with `num-examples`, for the same number of
-  clients. "Largest" = every client returns the family's largest subnet (FedAvg on
-  the largest model); "supernet" = every client returns the whole supernet state
-  (what FedNAS/SPIDER-style methods average). For `mobilenetv3` and `nasvit` the
-  supernet *is* the largest subnet, so only DARTS has a separate supernet column.
+  clients. It decodes every `Array` and encodes its result. "Largest" = every client
+  returns the family's largest subnet (FedAvg on the largest model); "supernet" =
+  every client returns the whole supernet state (what FedNAS/SPIDER-style methods
+  average). For `mobilenetv3`, `nasvit` and `elastic-cnn` the supernet *is* the
+  largest subnet, so only DARTS has a separate supernet column.
+- **The headline ratio** ("Ratio incl. decode") is the PerFedRLNAS round including
+  the decoding of the replies over FedAvg's aggregation of the largest subnet,
+  measured in the same run, point by point. Beside it: the same with the shapes of
+  every sampled architecture already cached ("shapes cached": the round minus the
+  meta-device builds, as for architectures seen before, when the policies have
+  converged); without decoding (the core alone); and "incl. encode", which adds
+  what the strategy also encodes per round: one `ArrayRecord` per sampled client's
+  subnet (FedAvg sends one record to all) and the merged supernet's record that
+  `aggregate_train` returns (FedAvg's figure includes encoding its result).
+- **Peak memory** is measured with `tracemalloc` (Python and numpy allocations of
+  the server process), in one extra, untimed round per point: the most memory
+  allocated at once during the round (propose, then decode + incorporate, with what
+  propose keeps alive carried over), against the peak of one FedAvg aggregation of
+  the largest subnet (its result included). The replies' records are the input of
+  both and are not counted. Tracing slows Python down, so no timing is taken then.
 - **Replies** are synthetic: each client's state is what it was sent plus seeded
   Gaussian noise (std {noise}), `num-examples` in 50..499, `accuracy` in 0.1..0.9,
   `compute-seconds` in 5..60, all seeded. Building them is not timed.
-  FedAvg's timing includes decoding each `Array` to numpy (Flower does it inside
-  `aggregate_arrayrecords`); the PerFedRLNAS core takes numpy replies, so its
-  decoding (`record_to_arrays`, what the strategy does before `incorporate`) is
-  timed separately: the column "ratio incl. decode" adds it.
-- **Repetitions**: one untimed warm-up round per family and size (none with `--quick`), then at each
-  point the median of `clamp({budget} // N, 1, {max_reps})` rounds ({reps_list}),
-  fewer at large N to keep the whole run near ten minutes on the 2-core machine;
-  the "Rounds" column gives the count. FedAvg: the median of as many calls,
-  after a warm-up call on one reply. The machine is shared with other jobs, so single figures carry
-  noise of some tens of percent; the ratios are taken in one run, point by point.
+- **Repetitions**: one untimed warm-up round per family and size (none with
+  `--quick`), then at each point the median (by the headline time) of
+  `clamp({budget} // N, 1, {max_reps})` rounds ({reps_list}), fewer at large N
+  to keep the whole run short on the 2-core machine; the "Rounds" column gives
+  the count. FedAvg: the median of as many calls, after a warm-up call on one
+  reply. The machine is shared with other jobs, so single figures carry noise of
+  some tens of percent; the ratios are taken in one run, point by point.
 - **Sizes**: paper = the family defaults (`mobilenetv3`: OFA MobileNetV3-Large
   space, 5 stages, 224x224; `nasvit`: the full NASViT table; `darts`: 16 initial
-  channels, 8 cells, the 8 DARTS operations); CPU = `flwr_pfedrlnas.supernets.cpu_preset`.
+  channels, 8 cells, the 8 DARTS operations; `elastic-cnn`: the small example
+  family's defaults); CPU = `flwr_pfedrlnas.supernets.cpu_preset`.
 - **Bytes** are array `nbytes` per transfer: PerFedRLNAS sends the sampled subnet
   down and the client sends the same subnet up (mean over all
-  {num_sampled} architectures sampled in the timing runs of that family and size,
+  {num_sampled} architectures sampled in the timing runs of each family and size,
   from uniform policies); FedAvg sends the largest subnet each way; SPIDER the
   whole supernet each way; FedNAS the whole supernet plus its architecture weights
   each way (one float32 per choice of every search dimension; for DARTS
@@ -736,14 +928,18 @@ Generated on {date} with
 Times are CPU milliseconds of the server process per round (median), measured
 with `time.process_time`: the timed work is single-threaded, and CPU time is not
 inflated when other jobs on the shared machine take the cores, as wall time is.
-The last column gives the same ratio from wall-clock times (`time.perf_counter`)
-for comparison; it moves with the machine's load.
+The wall-clock column gives the headline ratio from wall-clock times
+(`time.perf_counter`) for comparison; it moves with the machine's load.
 
-## Server time per round
+## Server time and memory per round
 
 {time_table}
 
 ![ratio](server_time.png)
+
+## Where the time goes
+
+{profile}
 
 ## Bytes per round
 
@@ -761,15 +957,18 @@ Caveats:
   more does the server compute per round", not "how much longer does a round
   take": a round's wall clock is dominated by the clients' training and the
   transfers, seconds to minutes per round, against the server times above.
-- Propose derives each sampled architecture's tensor shapes by building the
-  subnet on PyTorch's meta device (`SupernetFamily.subnet_shapes`, cached for the
-  last 512 architectures). With uniform policies, as here, almost every sampled
-  architecture is new, so the cache seldom hits; as the policies converge the same
-  architectures recur and this part shrinks. The "deriving subnet shapes" share in
-  the reading is the time spent in `subnet_shapes` over the whole round.
-- PerFedRLNAS keeps each sampled client's extracted subnet between `propose` and
-  `incorporate` (N subnet copies in memory), and the merge accumulates in float64
-  over the whole supernet; FedAvg accumulates in place in the arrays' dtype.
+- Deriving the shapes of an architecture builds its subnet on PyTorch's meta
+  device once; the slices are then kept for the last 512 architectures (keyed by
+  the architecture's JSON) and reused by extraction, validation and the merge.
+  With uniform policies, as here, almost every sampled architecture is new, so the
+  cache seldom hits; as the policies converge the same architectures recur and the
+  "shapes cached" column is the round's cost.
+- Extraction hands out read-only views of the supernet (the strategy serialises
+  them and drops them; the merge never writes the supernet in place but returns new
+  arrays), and the decoded replies are read-only views of the received bytes, so
+  neither the N pending subnets nor the N replies are copied. The merge accumulates
+  in float64 one tensor at a time, in reused buffers; FedAvg accumulates in the
+  arrays' dtype.
 
 ## Simulation round time
 
@@ -832,6 +1031,7 @@ def write_readme(
     setting: Setting,
     wall: float,
     num_sampled: dict[tuple[str, str], int],
+    profiles: dict[tuple[str, str], Profile],
     argv: Sequence[str],
 ) -> None:
     import flwr
@@ -857,6 +1057,7 @@ def write_readme(
         time_table=time_table(rows),
         bytes_table=bytes_table(byte_rows),
         reading=reading(rows, byte_rows),
+        profile=profile_section(profiles),
         round_time=round_time_section(),
     )
     (out / "README.md").write_text(text)
@@ -889,9 +1090,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     rows: list[dict[str, Any]] = []
     byte_rows: list[dict[str, Any]] = []
     num_sampled: dict[tuple[str, str], int] = {}
+    profiles: dict[tuple[str, str], Profile] = {}
     for size in sizes:
         for name in args.families:
-            family_rows, family_bytes = bench_family(name, size, setting, log)
+            family_rows, family_bytes, profiles[(name, size)] = bench_family(
+                name, size, setting, log
+            )
             rows.extend(family_rows)
             byte_rows.extend(family_bytes)
             num_sampled[(name, size)] = sum(
@@ -908,7 +1112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     write_csv(paths["server_time"], rows, SERVER_TIME_COLUMNS)
     write_csv(paths["bytes"], byte_rows, BYTES_COLUMNS)
     plot(rows, paths["plot"])
-    write_readme(out, rows, byte_rows, setting, wall, num_sampled, argv)
+    write_readme(out, rows, byte_rows, setting, wall, num_sampled, profiles, argv)
     log(f"wrote {', '.join(str(p) for p in paths.values())} (total {wall:.0f} s)")
     for r in rows:
         assert all(math.isfinite(r[c]) and r[c] > 0 for c in POSITIVE_COLUMNS), r

@@ -34,6 +34,23 @@ def test_quick_run_writes_positive_finite_figures(tmp_path):
         for column in bench.POSITIVE_COLUMNS:
             value = float(row[column])
             assert math.isfinite(value) and value > 0, (column, row)
+        # The headline: the round with its decoding, over FedAvg's aggregation.
+        with_decode = float(row["pfedrlnas_incl_decode_s"])
+        assert math.isclose(
+            with_decode, float(row["pfedrlnas_s"]) + float(row["decode_s"]), rel_tol=1e-4
+        )
+        assert math.isclose(
+            float(row["ratio_incl_decode_vs_fedavg_largest"]),
+            with_decode / float(row["fedavg_largest_s"]),
+            rel_tol=1e-4,
+        )
+        assert math.isclose(
+            float(row["ratio_peak_memory_vs_fedavg_largest"]),
+            float(row["peak_memory_pfedrlnas_mb"]) / float(row["peak_memory_fedavg_largest_mb"]),
+            rel_tol=1e-4,
+        )
+        # Shapes are derived inside the round, so they cannot exceed it.
+        assert float(row["shape_derivation_s"]) <= float(row["pfedrlnas_s"])
 
     with paths["bytes"].open() as f:
         reader = csv.DictReader(f)
@@ -46,7 +63,11 @@ def test_quick_run_writes_positive_finite_figures(tmp_path):
             assert math.isfinite(value) and value > 0, (column, row)
 
     assert paths["plot"].stat().st_size > 0
-    assert "python scripts/bench_server.py" in paths["readme"].read_text()
+    readme = paths["readme"].read_text()
+    assert "python scripts/bench_server.py" in readme
+    assert "**Ratio incl. decode**" in readme and "tracemalloc" in readme
+    for family in bench.FAMILIES:  # one profile line per family and size
+        assert f"- `{family}` (cpu): `" in readme
 
 
 def test_round_time_section_reads_the_ratio_from_the_round_time_table(tmp_path):

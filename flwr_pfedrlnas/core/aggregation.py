@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import numpy as np
 
 from flwr_pfedrlnas.core.search_space import Architecture
-from flwr_pfedrlnas.supernets.base import SupernetFamily
+from flwr_pfedrlnas.supernets.base import Slices, SupernetFamily
 
 __all__ = [
     "Weighting",
@@ -23,22 +24,68 @@ Weighting = Literal["examples", "uniform"]
 # One returned subnet: its architecture, its weights and its number of examples.
 SubnetUpdate = tuple[Architecture, Mapping[str, np.ndarray], int | float]
 
+# float64 entries per block of the merge's accumulation: 256 KiB, so the block's
+# scratch stays in cache between the subtract, the multiply and the add.
+_BLOCK = 1 << 15
+# Tensors up to this many entries are merged whole (see _merge_small).
+_SMALL = 1 << 13
+
+
+def _view(array: np.ndarray, slices: Slices) -> np.ndarray:
+    """``array[slices]`` as a view, also for a 0-d tensor (whose ``[()]`` is a scalar)."""
+    return array[slices] if slices else array[...]
+
 
 def extract_subnet(
     family: SupernetFamily,
     supernet_state: Mapping[str, np.ndarray],
     arch: Architecture,
+    copy: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Cut the subnet of ``arch`` out of the supernet (copies, subnet key order)."""
-    return {
-        key: np.array(supernet_state[key][slices], order="C", copy=True)
-        for key, slices in family.subnet_slices(arch).items()
-    }
+    """Cut the subnet of ``arch`` out of the supernet, in the subnet's key order.
+
+    Parameters
+    ----------
+    family : SupernetFamily
+        The family whose slices place each subnet tensor.
+    supernet_state : Mapping[str, np.ndarray]
+        The supernet.
+    arch : Architecture
+        The subnet's architecture.
+    copy : bool (default: True)
+        ``True``: C-ordered copies the caller owns. ``False``: read-only views
+        into ``supernet_state``, for a payload that is serialised and dropped;
+        safe only while nobody writes the supernet arrays in place (the merge
+        never does: it returns new arrays).
+
+    Returns
+    -------
+    dict[str, np.ndarray]
+        Subnet key -> tensor.
+    """
+    out = {}
+    for key, slices in family.subnet_slices(arch).items():
+        if copy:
+            out[key] = np.array(supernet_state[key][slices], order="C", copy=True)
+        else:
+            view = _view(np.asarray(supernet_state[key]), slices)
+            view.flags.writeable = False  # a payload must not write into the supernet
+            out[key] = view
+    return out
 
 
 def state_num_bytes(state: Mapping[str, np.ndarray]) -> int:
     """Bytes of a state's tensors (the payload of one transfer)."""
     return int(sum(np.asarray(v).nbytes for v in state.values()))
+
+
+def _all_finite(value: np.ndarray) -> bool:
+    # One read-only pass: a sum with a NaN or an infinity among its terms is not
+    # finite. A non-finite sum of finite terms (overflow) falls back to the exact test.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(np.add.reduce(value, axis=None))):
+            return True
+    return bool(np.all(np.isfinite(value)))
 
 
 def check_subnet_state(
@@ -71,7 +118,7 @@ def check_subnet_state(
             raise ValueError(
                 f"tensor {key!r} has dtype {value.dtype}, expected {supernet_state[key].dtype}"
             )
-        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        if value.dtype.kind == "f" and value.size and not _all_finite(value):
             bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
             raise ValueError(f"tensor {key!r} has {bad} NaN or infinite value(s)")
 
@@ -93,7 +140,9 @@ def merge_subnets(
 
     The mean is accumulated as ``old + sum_i w_i (x_i - old) / sum_i w_i`` in
     float64, which equals ``sum_i w_i x_i / sum_i w_i`` and returns ``old``
-    exactly when every client sends back ``old``.
+    exactly when every client sends back ``old``. Each entry's sums run over
+    the updates in the order given, so the same updates in the same order give
+    the same bits.
 
     Parameters
     ----------
@@ -113,32 +162,163 @@ def merge_subnets(
     """
     if weighting not in ("examples", "uniform"):
         raise ValueError(f"weighting must be 'examples' or 'uniform', got {weighting!r}")
-    delta_sum: dict[str, np.ndarray] = {}
-    weight_sum: dict[str, np.ndarray] = {}
+    # Every client's tensors grouped by supernet key, in the order of the updates.
+    by_key: dict[str, list[tuple[Slices, np.ndarray, float]]] = {}
     for arch, state, num_examples in updates:
         weight = 1.0 if weighting == "uniform" else float(num_examples)
         if not weight > 0:
             raise ValueError(f"num-examples must be positive, got {num_examples!r}")
         for key, slices in family.subnet_slices(arch).items():
-            old = supernet_state[key]
-            if key not in delta_sum:
-                delta_sum[key] = np.zeros(old.shape, dtype=np.float64)
-                weight_sum[key] = np.zeros(old.shape, dtype=np.float64)
-            new = np.asarray(state[key], dtype=np.float64)
-            delta_sum[key][slices] += weight * (new - old[slices])
-            weight_sum[key][slices] += weight
+            value = np.asarray(state[key])
+            shape = tuple(s.stop - s.start for s in slices)
+            if value.shape != shape:
+                raise ValueError(f"tensor {key!r} has shape {value.shape}, expected {shape}")
+            by_key.setdefault(key, []).append((slices, value, weight))
+    unknown = [k for k in by_key if k not in supernet_state]
+    if unknown:
+        raise ValueError(f"supernet state has no tensor(s) {unknown[:5]}")
 
+    scratch = _Scratch()
     merged: dict[str, np.ndarray] = {}
     for key, old in supernet_state.items():
-        if key not in delta_sum:
-            merged[key] = old.copy()
-            continue
-        covered = weight_sum[key] > 0
-        mean_delta = np.zeros_like(delta_sum[key])
-        np.divide(delta_sum[key], weight_sum[key], out=mean_delta, where=covered)
-        value = old.astype(np.float64) + mean_delta
-        if old.dtype.kind in "iu":
-            value = np.rint(value)
-        # Uncovered entries: the old bits, not a float64 round trip of them.
-        merged[key] = np.where(covered, np.asarray(value).astype(old.dtype), old)
+        old = np.asarray(old)
+        parts = by_key.get(key)
+        merged[key] = old.copy() if parts is None else _merge_tensor(old, parts, scratch)
     return merged
+
+
+class _Scratch:
+    """float64 buffers reused by every tensor of one merge (no allocation per key)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def shaped(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(max(size, _BLOCK), dtype=np.float64)
+        return buffer[:size].reshape(shape)
+
+
+def _merge_tensor(
+    old: np.ndarray, parts: list[tuple[Slices, np.ndarray, float]], scratch: _Scratch
+) -> np.ndarray:
+    """One supernet tensor merged from the clients' parts (each: slices, value, weight).
+
+    Per entry the same float64 operations, in the parts' order, as
+    ``delta += w * (x.astype(float64) - old)`` per part, then
+    ``old + delta / sum(w)``; but walked block by block of the tensor, every part
+    covering a block in turn, so that the block's accumulator and its float64 copy of
+    ``old`` stay in cache while all the parts pass through them.
+    """
+    integer = old.dtype.kind in "iu"
+    if old.size <= _SMALL:
+        return _merge_small(old, parts, integer)
+    # Only the hull of the parts' boxes can change; the rest keeps the old bits.
+    cuts = []
+    for axis in range(old.ndim):
+        edges = {s[axis].start for s, _, _ in parts} | {s[axis].stop for s, _, _ in parts}
+        cuts.append(sorted(edges))
+    hull = tuple(slice(c[0], c[-1]) for c in cuts)
+    hull_shape = tuple(c[-1] - c[0] for c in cuts)
+    # Every part covers a box, so the summed weight is constant on the cells of the
+    # grid cut by the boxes' edges: it is summed there (per cell, in the parts'
+    # order, as it would be per entry), not once per part and entry.
+    cell_of = [{edge: i for i, edge in enumerate(axis_cuts)} for axis_cuts in cuts]
+    grid_weight = np.zeros([len(c) - 1 for c in cuts], dtype=np.float64)
+    for slices, _, weight in parts:
+        cell = tuple(slice(cell_of[a][s.start], cell_of[a][s.stop]) for a, s in enumerate(slices))
+        grid_weight[cell] += weight
+    every = bool(np.all(grid_weight > 0))
+    merged = np.empty(old.shape, old.dtype) if every and hull_shape == old.shape else old.copy()
+    # The weight sums expanded over every axis but the first; along the first, the
+    # tensor is walked cell by cell (a cell's rows are covered by the same parts).
+    weight_sum = grid_weight
+    for axis in range(1, old.ndim):
+        if len(cuts[axis]) > 2:
+            weight_sum = np.repeat(weight_sum, np.diff(cuts[axis]), axis=axis)
+    inner = tuple(
+        tuple(slice(s.start - c[0], s.stop - c[0]) for s, c in zip(slices[1:], cuts[1:]))
+        for slices, _, _ in parts
+    )
+    step = max(1, _BLOCK // max(1, math.prod(hull_shape[1:])))
+    first = cuts[0]
+    for i in range(len(first) - 1):
+        covering = [
+            (slices[0].start, value, weight, inner[j])
+            for j, (slices, value, weight) in enumerate(parts)
+            if slices[0].start <= first[i] and slices[0].stop >= first[i + 1]
+        ]
+        if not covering:
+            continue  # not covered (``merged`` holds the old bits there)
+        for start in range(first[i], first[i + 1], step):
+            stop = min(start + step, first[i + 1])
+            block = (slice(start, stop), *hull[1:])
+            shape = (stop - start, *hull_shape[1:])
+            old64, delta = scratch.shaped("old", shape), scratch.shaped("delta", shape)
+            np.copyto(old64, old[block])  # cast once per block, not once per part
+            delta.fill(0.0)
+            for row0, value, weight, box in covering:
+                rows = (slice(None), *box)
+                _add_part(
+                    delta[rows], value[start - row0 : stop - row0], old64[rows], weight, scratch
+                )
+            _finish(merged[block], delta, old64, weight_sum[i : i + 1], every, integer)
+    return merged
+
+
+def _merge_small(
+    old: np.ndarray, parts: list[tuple[Slices, np.ndarray, float]], integer: bool
+) -> np.ndarray:
+    """:func:`_merge_tensor` for a small tensor: whole-tensor operations, fewest calls.
+
+    The same float64 operations per entry, in the parts' order; the per-call cost
+    of blocks and weight grids would outweigh the arithmetic on a few thousand entries.
+    """
+    old64 = old.astype(np.float64)
+    delta = np.zeros(old.shape, dtype=np.float64)
+    weight_sum = np.zeros(old.shape, dtype=np.float64)
+    for slices, value, weight in parts:
+        part = np.subtract(value, _view(old64, slices), dtype=np.float64)
+        part *= weight
+        target = _view(delta, slices)
+        target += part
+        _view(weight_sum, slices)[...] += weight
+    covered = weight_sum > 0
+    np.divide(delta, weight_sum, out=delta, where=covered)
+    np.add(old64, delta, out=delta)  # old + mean delta
+    if integer:
+        np.rint(delta, out=delta)
+    return np.where(covered, delta.astype(old.dtype), old)
+
+
+def _add_part(
+    delta: np.ndarray, value: np.ndarray, old64: np.ndarray, weight: float, scratch: _Scratch
+) -> None:
+    """``delta += weight * (value - old64)`` in float64, through a scratch buffer."""
+    tmp = scratch.shaped("part", value.shape)
+    np.copyto(tmp, value)
+    np.subtract(tmp, old64, out=tmp)
+    np.multiply(tmp, weight, out=tmp)
+    np.add(delta, tmp, out=delta)
+
+
+def _finish(
+    target: np.ndarray,
+    delta: np.ndarray,
+    old64: np.ndarray,
+    weight_sum: np.ndarray,
+    every: bool,
+    integer: bool,
+) -> None:
+    """``target = old + delta / weight_sum`` where covered (in float64, then cast)."""
+    covered = None if every else weight_sum > 0
+    np.divide(delta, weight_sum if every else np.where(covered, weight_sum, 1.0), out=delta)
+    np.add(old64, delta, out=delta)  # old + mean delta
+    if integer:
+        np.rint(delta, out=delta)
+    if covered is None:
+        np.copyto(target, delta, casting="unsafe")
+    else:  # uncovered entries keep the old bits
+        np.copyto(target, delta, casting="unsafe", where=np.broadcast_to(covered, delta.shape))

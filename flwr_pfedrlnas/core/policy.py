@@ -107,11 +107,34 @@ class ArchitecturePolicy:
             grads[name] = reward * (onehot - p)
         return grads
 
-    def update(self, arch: Architecture, reward: float) -> dict[str, np.ndarray]:
-        """One ascent step on ``reward * log p(arch)``; returns the gradient used."""
+    def entropy_gradient(self) -> dict[str, np.ndarray]:
+        """Gradient of each dimension's entropy: ``-p * (log p + H)``."""
+        grads = {}
+        for name, p in self.probabilities().items():
+            logp = np.log(np.maximum(p, np.finfo(float).tiny))
+            grads[name] = -p * (logp + float(-np.sum(p * logp)))
+        return grads
+
+    def update(
+        self, arch: Architecture, reward: float, entropy_bonus: float = 0.0
+    ) -> dict[str, np.ndarray]:
+        """One ascent step on ``reward * log p(arch)`` (+ ``entropy_bonus * H``).
+
+        ``entropy_bonus`` (ours; 0 = eq. 6 alone) keeps the policy from
+        collapsing on a few noisy rewards. Returns the gradient used.
+        """
+        if not (entropy_bonus >= 0 and math.isfinite(entropy_bonus)):
+            raise ValueError(f"entropy_bonus must be >= 0, got {entropy_bonus!r}")
         grads = self.gradient(arch, reward)
+        if entropy_bonus:
+            bonus = self.entropy_gradient()
+            grads = {n: g + entropy_bonus * bonus[n] for n, g in grads.items()}
         self.step(grads)
         return grads
+
+    def max_entropy(self) -> float:
+        """Entropy of the uniform policy: sum over dimensions of ``log(choices)``."""
+        return float(sum(math.log(len(d)) for d in self.space))
 
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
         """One ascent step along ``grads`` (per dimension, the logits' shape).

@@ -3,34 +3,39 @@
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flwr_pfedrlnas.core.aggregation import (
-    Weighting,
     check_subnet_state,
     extract_subnet,
     merge_subnets,
     state_num_bytes,
 )
+from flwr_pfedrlnas.core.checkpoint import (
+    atomic_write,
+    read_search_checkpoint,
+    write_search_checkpoint,
+)
+from flwr_pfedrlnas.core.cost import subnet_macs
 from flwr_pfedrlnas.core.policy import ArchitecturePolicy
 from flwr_pfedrlnas.core.profiles import DeviceProfile
+from flwr_pfedrlnas.core.replies import ClientReply, Proposal, RoundOutcome
 from flwr_pfedrlnas.core.rewards import (
-    DEFAULT_BANDWIDTH_BPS,
     AccuracyHistory,
-    accuracy_time_rewards,
-    memory_aware_rewards,
+    RewardStatistics,
+    clipped,
     round_time,
+    search_rewards,
 )
+from flwr_pfedrlnas.core.search_config import SearchConfig
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
@@ -46,115 +51,8 @@ logger = logging.getLogger(__name__)
 
 # num-examples above this is treated as a corrupt reply, not a large client.
 MAX_NUM_EXAMPLES = 10**9
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    """Settings of the search (the policy, the reward and the merge).
-
-    Parameters
-    ----------
-    policy_lr : float (default: 0.5)
-        Learning rate of every client's policy logits.
-    policy_optimizer : {"adam", "sgd"} (default: "adam")
-        Optimiser of the logits.
-    policy_betas : tuple[float, float] (default: (0.5, 0.999))
-        Adam's betas.
-    lambda_time : float (default: 0.01)
-        Weight of the round-time term of the reward, per second (eq. 8).
-    bandwidth_down_bps, bandwidth_up_bps : float (default: 100e6)
-        Simulated link speed (bit/s) used to turn bytes moved into seconds.
-    weighting : {"examples", "uniform"} (default: "examples")
-        Weight of each client in the count-normalised merge.
-    memory_aware : bool (default: False)
-        Use eq. 9 (memory budget) instead of eq. 8.
-    reward_clip : float | None (default: 2.0)
-        Clip every reward to ``[-reward_clip, reward_clip]`` (``None``: no
-        clipping). The accuracy part of eq. 8 lies in ``[-1, 1]`` and eq. 9's
-        memory term in ``[-1, 0]``, so 2 leaves every honest accuracy and
-        memory reward intact (a client just inside its budget still differs
-        from one over it) while bounding the time term, so that a forged
-        ``compute-seconds`` (which sets the round's ``min RT``) cannot swamp
-        the other clients' rewards.
-    seed : int (default: 0)
-        Seed of architecture sampling and client sampling.
-    """
-
-    policy_lr: float = 0.5
-    policy_optimizer: str = "adam"
-    policy_betas: tuple[float, float] = (0.5, 0.999)
-    lambda_time: float = 0.01
-    bandwidth_down_bps: float = DEFAULT_BANDWIDTH_BPS
-    bandwidth_up_bps: float = DEFAULT_BANDWIDTH_BPS
-    weighting: Weighting = "examples"
-    memory_aware: bool = False
-    reward_clip: float | None = 2.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("bandwidth_down_bps", "bandwidth_up_bps", "policy_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not (self.lambda_time >= 0 and math.isfinite(self.lambda_time)):
-            raise ValueError(f"lambda_time must be >= 0, got {self.lambda_time!r}")
-        if self.weighting not in ("examples", "uniform"):
-            raise ValueError(f"weighting must be 'examples' or 'uniform', got {self.weighting!r}")
-        if self.policy_optimizer not in ("adam", "sgd"):
-            raise ValueError(
-                f"policy_optimizer must be 'adam' or 'sgd', got {self.policy_optimizer!r}"
-            )
-        if self.reward_clip is not None and not self.reward_clip > 0:
-            raise ValueError(f"reward_clip must be positive, got {self.reward_clip!r}")
-
-
-@dataclass
-class Proposal:
-    """What the server sends one client: its sampled architecture and subnet."""
-
-    client_id: str
-    arch: Architecture
-    state: dict[str, np.ndarray]
-    bytes_down: int
-
-
-@dataclass
-class ClientReply:
-    """What one client returned after training its subnet."""
-
-    client_id: str
-    arch: Architecture | None  # None: the client did not echo it; the sent one holds
-    state: dict[str, np.ndarray]
-    num_examples: int
-    accuracy: float
-    train_loss: float = float("nan")
-    compute_seconds: float = 0.0
-    peak_memory_bytes: float = 0.0
-    memory_budget_bytes: float | None = None
-    # The client measured a peak over its budget and did not train: its weights
-    # (unchanged or absent) are never merged; eq. 9 gives it acc 0, RT max, phi 1.
-    memory_overrun: bool = False
-
-
-@dataclass
-class RoundOutcome:
-    """What one call of :meth:`PerFedRLNASSearch.incorporate` did."""
-
-    server_round: int
-    accepted: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)
-    accuracies: dict[str, float] = field(default_factory=dict)
-    rewards: dict[str, float] = field(default_factory=dict)
-    round_times: dict[str, float] = field(default_factory=dict)
-    bytes_down: dict[str, int] = field(default_factory=dict)
-    bytes_up: dict[str, int] = field(default_factory=dict)
-    mean_accuracy: float = float("nan")
-    overruns: list[str] = field(default_factory=list)
-
-    @property
-    def latency(self) -> float:
-        """Simulated duration of the round: the slowest accepted client's RT."""
-        return max(self.round_times.values(), default=0.0)
+# The checkpoint writer, looked up at save time (tests replace it to simulate a crash).
+_atomic_write = atomic_write
 
 
 class PerFedRLNASSearch:
@@ -196,12 +94,17 @@ class PerFedRLNASSearch:
         )
         self.policies: dict[str, ArchitecturePolicy] = {}
         self.history = AccuracyHistory()
+        self.reward_stats = self._new_stats()
         self.pending: dict[str, Proposal] = {}
         self.completed_rounds = 0
         self.profiles: dict[str, DeviceProfile] = dict(profiles or {})
         # Search-only rounds (new clients): their own accuracy baseline and proposals.
         self.search_history = AccuracyHistory()
+        self.search_stats = self._new_stats()
         self.search_pending: dict[str, Architecture] = {}
+
+    def _new_stats(self) -> RewardStatistics:
+        return RewardStatistics(self.config.baseline_decay, self.config.reward_standardise)
 
     # ------------------------------------------------------------------ helpers
     def _checked_supernet(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -246,7 +149,10 @@ class PerFedRLNASSearch:
         """Sample ``client_id``'s architecture from its policy and cut its subnet."""
         cid = str(client_id)
         arch = self.policy(cid).sample(self.rng)
-        state = extract_subnet(self.family, self.supernet, arch)
+        # Read-only views, not copies: the payload is serialised and dropped, and the
+        # supernet is never written in place (the merge returns new arrays), so a
+        # sent state keeps its values after the round's merge.
+        state = extract_subnet(self.family, self.supernet, arch, copy=False)
         proposal = Proposal(cid, arch, state, state_num_bytes(state))
         self.pending[cid] = proposal
         return proposal
@@ -276,6 +182,13 @@ class PerFedRLNASSearch:
             ("compute-seconds", reply.compute_seconds, lambda v: v >= 0),
             ("peak-memory-bytes", reply.peak_memory_bytes, lambda v: v >= 0),
         ]
+        if self.config.reward_accuracy == "validation" and not overrun:
+            if reply.val_accuracy is None:
+                return (
+                    "val-accuracy is missing: the reward uses the validation split "
+                    "(reward_accuracy='validation'); give the clients one (val-fraction > 0)"
+                )
+            checks.append(("val-accuracy", reply.val_accuracy, lambda v: 0.0 <= v <= 1.0))
         for name, value, ok in checks:
             if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
                 return f"{name} is {value!r}, not a number"
@@ -309,17 +222,29 @@ class PerFedRLNASSearch:
         return bool(reply.memory_overrun) or bool(over)
 
     def round_time_of(
-        self, client_id: str, compute_seconds: float, bytes_down: int, bytes_up: int
+        self,
+        client_id: str,
+        compute_seconds: float,
+        bytes_down: int,
+        bytes_up: int,
+        arch: Architecture | None = None,
     ) -> float:
-        """RT of one client: its profile (simulation) or the configured bandwidth."""
+        """RT of one client: compute (measured, or from ``arch``'s MACs) + bytes / bandwidth.
+
+        Under ``round_time_model="macs"`` the compute part is ``MACs(arch) x
+        speed factor x seconds_per_mac`` and ``compute_seconds`` is ignored;
+        without a profile the speed factor is 1 and the configured bandwidth holds.
+        """
         cfg = self.config
-        profile = self.profiles.get(str(client_id))
-        if profile is None:
-            return round_time(
-                compute_seconds, bytes_down, bytes_up, cfg.bandwidth_down_bps, cfg.bandwidth_up_bps
-            )
+        profile = self.profiles.get(str(client_id)) or DeviceProfile(
+            1.0, cfg.bandwidth_down_bps, cfg.bandwidth_up_bps
+        )
+        if cfg.round_time_model == "macs" and arch is not None:
+            compute = subnet_macs(self.family, arch) * cfg.seconds_per_mac
+        else:
+            compute = compute_seconds
         return round_time(
-            compute_seconds * profile.speed_factor,
+            compute * profile.speed_factor,
             bytes_down,
             bytes_up,
             profile.bandwidth_down_bps,
@@ -368,8 +293,14 @@ class PerFedRLNASSearch:
             bytes_up = 0 if cid in overruns else state_num_bytes(reply.state)
             outcome.bytes_down[cid] = proposal.bytes_down
             outcome.bytes_up[cid] = bytes_up
-            accs[cid] = float(reply.accuracy)
-            rts[cid] = self.round_time_of(cid, reply.compute_seconds, proposal.bytes_down, bytes_up)
+            accs[cid] = float(
+                reply.val_accuracy
+                if cfg.reward_accuracy == "validation" and cid not in overruns
+                else reply.accuracy
+            )
+            rts[cid] = self.round_time_of(
+                cid, reply.compute_seconds, proposal.bytes_down, bytes_up, proposal.arch
+            )
             peaks[cid] = float(reply.peak_memory_bytes)
             budgets[cid] = float(reply.memory_budget_bytes or 0.0)
             if cid in overruns and not (peaks[cid] > budgets[cid] > 0):
@@ -383,25 +314,26 @@ class PerFedRLNASSearch:
                 accs[cid], rts[cid] = 0.0, max_rt
 
         history = copy.deepcopy(self.history)
-        if cfg.memory_aware:
-            # Eq. 9 decides the effective accuracy before the history sees it.
-            _, effective = memory_aware_rewards(accs, rts, peaks, budgets, 0.0, 0.0)
-            history.update(effective)
-            rewards, effective = memory_aware_rewards(
-                accs, rts, peaks, budgets, history.mean(), cfg.lambda_time
-            )
-        else:
-            history.update(accs)
-            rewards = accuracy_time_rewards(accs, rts, history.mean(), cfg.lambda_time)
-        if cfg.reward_clip is not None:
-            c = cfg.reward_clip
-            rewards = {k: min(max(v, -c), c) for k, v in rewards.items()}
-
+        stats = copy.deepcopy(self.reward_stats)
+        rewards, effective = search_rewards(
+            history,
+            stats,
+            accs,
+            rts,
+            peaks,
+            budgets,
+            cfg.reward_baseline,
+            memory_aware=cfg.memory_aware,
+            lambda_time=cfg.lambda_time,
+            clip=cfg.reward_clip,
+        )
         new_policies = {}
         for reply in accepted:
             cid = str(reply.client_id)
+            if stats.count(cid) <= cfg.warmup_updates:
+                continue  # warm-up: the statistics learn, the policy stays uniform
             policy = copy.deepcopy(self.policy(cid))
-            policy.update(self.pending[cid].arch, rewards[cid])  # eq. 6
+            policy.update(self.pending[cid].arch, rewards[cid], cfg.entropy_bonus)  # eq. 6
             new_policies[cid] = policy
         merged = merge_subnets(
             self.family,
@@ -418,10 +350,11 @@ class PerFedRLNASSearch:
         self.supernet = merged
         self.policies.update(new_policies)
         self.history = history
+        self.reward_stats = stats
         self.pending.clear()
         self.completed_rounds = max(self.completed_rounds, server_round)
         outcome.accepted = [str(r.client_id) for r in accepted]
-        outcome.accuracies = effective if cfg.memory_aware else accs
+        outcome.accuracies = effective
         outcome.rewards = rewards
         outcome.round_times = rts
         outcome.mean_accuracy = history.mean()
@@ -445,7 +378,8 @@ class PerFedRLNASSearch:
         """Reward ``acc_i - mean_acc`` (eq. 8 without time or merge); update policies.
 
         ``mean_acc`` is the running mean of the new clients' most recent test
-        accuracies (their own baseline, kept apart from the trained clients').
+        accuracies (their own baseline, kept apart from the trained clients');
+        under ``reward_baseline="client-mean"`` each client's own running mean.
         An accuracy outside [0, 1] or of a client not proposed is ignored.
         Returns the rewards; every pending search-only proposal is closed.
         """
@@ -462,14 +396,18 @@ class PerFedRLNASSearch:
                 logger.warning("search-only accuracy of client %s is %r: ignored", cid, acc)
                 continue
             valid[cid] = float(acc)
+        cfg = self.config
         self.search_history.update(valid)
-        baseline = self.search_history.mean()
-        rewards = {cid: acc - baseline for cid, acc in valid.items()}
-        if self.config.reward_clip is not None:
-            c = self.config.reward_clip
-            rewards = {k: min(max(v, -c), c) for k, v in rewards.items()}
+        if cfg.reward_baseline == "client-mean":
+            rewards = self.search_stats.centred(valid)
+        else:
+            baseline = self.search_history.mean()
+            rewards = {cid: acc - baseline for cid, acc in valid.items()}
+            self.search_stats.record(valid)
+        rewards = clipped(self.search_stats.scaled(rewards), cfg.reward_clip)
         for cid, reward in rewards.items():
-            self.policy(cid).update(self.search_pending[cid], reward)  # eq. 6
+            if self.search_stats.count(cid) > cfg.warmup_updates:
+                self.policy(cid).update(self.search_pending[cid], reward, cfg.entropy_bonus)
         self.search_pending.clear()
         return rewards
 
@@ -487,9 +425,13 @@ class PerFedRLNASSearch:
                 "family": self.family.name,
                 "family_config": self.family.config,
                 "completed_rounds": self.completed_rounds,
+                # For the record: a resumed run takes the config it is given.
+                "search_config": dataclasses.asdict(self.config),
                 "policies": {c: p.state_dict() for c, p in self.policies.items()},
                 "history": self.history.state_dict(),
                 "search_history": self.search_history.state_dict(),
+                "reward_stats": self.reward_stats.state_dict(),
+                "search_stats": self.search_stats.state_dict(),
                 "rng": self.rng.bit_generator.state,
             },
         }
@@ -512,44 +454,29 @@ class PerFedRLNASSearch:
         history.load_state_dict(meta["history"])
         search_history = AccuracyHistory()
         search_history.load_state_dict(meta.get("search_history", {}))
+        # Checkpoints from before our reward options hold no statistics: start fresh.
+        reward_stats, search_stats = self._new_stats(), self._new_stats()
+        reward_stats.load_state_dict(meta.get("reward_stats", {}))
+        search_stats.load_state_dict(meta.get("search_stats", {}))
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]
         self.supernet, self.policies, self.history, self.rng = supernet, policies, history, rng
         self.search_history = search_history
+        self.reward_stats, self.search_stats = reward_stats, search_stats
         self.completed_rounds = int(meta["completed_rounds"])
         self.pending.clear()
         self.search_pending.clear()
 
     def save(self, directory: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write a checkpoint atomically: ``supernet.npz`` + ``state.json``.
-
-        Both files are written under temporary names and renamed; ``state.json``
-        (renamed last) names the supernet file it belongs to, so a crash
-        between the two renames leaves the previous checkpoint readable.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = self.state_dict()
-        round_tag = f"supernet-{self.completed_rounds:06d}.npz"
-        _atomic_write(directory / round_tag, lambda f: np.savez(f, **state["supernet"]))
-        meta = dict(state["meta"], supernet_file=round_tag, extra=dict(extra or {}))
-        _atomic_write(
-            directory / "state.json",
-            lambda f: f.write(json.dumps(meta, indent=1, sort_keys=True).encode()),
+        """Write a checkpoint atomically: ``supernet-<round>.npz`` + ``state.json``."""
+        return write_search_checkpoint(
+            directory, self.state_dict(), self.completed_rounds, extra, write=_atomic_write
         )
-        for old in directory.glob("supernet-*.npz"):
-            if old.name != round_tag:
-                old.unlink(missing_ok=True)
-        return directory
 
     @staticmethod
     def read_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
         """Read a checkpoint written by :meth:`save` (arrays and JSON only)."""
-        directory = Path(directory)
-        meta = json.loads((directory / "state.json").read_text())
-        with np.load(directory / meta["supernet_file"], allow_pickle=False) as npz:
-            supernet = {k: npz[k] for k in npz.files}
-        return {"supernet": supernet, "meta": meta}
+        return read_search_checkpoint(directory)
 
     @classmethod
     def from_checkpoint(
@@ -562,16 +489,3 @@ class PerFedRLNASSearch:
         core = cls(family, config, supernet_state=state["supernet"])
         core.load_state_dict(state)
         return core, meta.get("extra", {})
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -6,13 +6,16 @@ import importlib
 from typing import Any
 
 from flwr_pfedrlnas.supernets.base import SupernetFamily, numpy_to_state, state_to_numpy
+from flwr_pfedrlnas.supernets.checks import check_dimensions, dead_dimensions
 from flwr_pfedrlnas.supernets.presets import CPU_PRESETS, cpu_preset
 
 __all__ = [
     "CPU_PRESETS",
     "SupernetFamily",
     "available_supernets",
+    "check_dimensions",
     "cpu_preset",
+    "dead_dimensions",
     "get_supernet",
     "numpy_to_state",
     "register_supernet",
@@ -55,12 +58,18 @@ def available_supernets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_supernet(name: str, **knobs: Any) -> SupernetFamily:
+def get_supernet(
+    name: str, *, refuse_dead_dimensions: bool = False, **knobs: Any
+) -> SupernetFamily:
     """Build the family ``name`` with the given size knobs.
 
-    Raises ``ValueError`` naming the unknown family and the known ones.
+    Raises ``ValueError`` naming the unknown family and the known ones, and,
+    with ``refuse_dead_dimensions``, naming any dimension whose choices build
+    identical subnets (:func:`check_dimensions`; it builds one meta-device
+    subnet per choice, so it is opt-in where families are built every round).
     """
     _load_builtin(name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown supernet family {name!r}; available: {available_supernets()}")
-    return _REGISTRY[name](**knobs)
+    family = _REGISTRY[name](**knobs)
+    return check_dimensions(family) if refuse_dead_dimensions else family

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import gc
 import json
 import threading
 from abc import ABC, abstractmethod
@@ -23,6 +24,7 @@ __all__ = ["SupernetFamily", "Slices", "state_to_numpy", "numpy_to_state"]
 Slices = tuple[slice, ...]
 
 _SHAPE_CACHE_SIZE = 512
+_TENSOR_SLICES_CACHE_SIZE = 1 << 16
 
 # torch.nn.init functions skipped on meta tensors while shapes are derived: a meta
 # tensor has no values, and initialising one still dispatches through torch's
@@ -56,6 +58,20 @@ def _skip_on_meta(original):
         return original(tensor, *args, **kwargs)
 
     return init
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    # A meta build makes thousands of short-lived objects and frees them all by
+    # reference counting; the cyclic collector, triggered by their number, would
+    # walk the whole heap (torch's included) several times per build for nothing.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @contextlib.contextmanager
@@ -116,6 +132,9 @@ class SupernetFamily(ABC):
         self._config = copy.deepcopy(dict(knobs))
         self._supernet_shapes: dict[str, tuple[int, ...]] | None = None
         self._subnet_shapes: OrderedDict[str, dict[str, tuple[int, ...]]] = OrderedDict()
+        self._subnet_slices: OrderedDict[str, dict[str, Slices]] = OrderedDict()
+        # (key, subnet shape) -> slices: one tensor's slices recur across architectures.
+        self._tensor_slices: dict[tuple[str, tuple[int, ...]], Slices] = {}
 
     # ------------------------------------------------------------------ contract
     @property
@@ -158,23 +177,29 @@ class SupernetFamily(ABC):
         if self._supernet_shapes is None:
             with skip_meta_init(), torch.device("meta"):
                 module = self.build_supernet()
-            self._supernet_shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+            state = module.state_dict(keep_vars=True)  # keep_vars: no detach per tensor
+            self._supernet_shapes = {k: tuple(v.shape) for k, v in state.items()}
         return dict(self._supernet_shapes)
 
     def subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
         """Shape of every tensor of ``arch``'s subnet, in the subnet's key order."""
         arch = self.search_space.validate(arch)
-        key = architecture_to_json(arch)
-        if key in self._subnet_shapes:
-            self._subnet_shapes.move_to_end(key)
-            return dict(self._subnet_shapes[key])
-        with skip_meta_init(), torch.device("meta"):
+        return dict(self._cached_shapes(arch, architecture_to_json(arch)))
+
+    def _cached_shapes(self, arch: Architecture, arch_json: str) -> dict[str, tuple[int, ...]]:
+        # The cache's own dict: callers copy it before handing it out.
+        shapes = self._subnet_shapes.get(arch_json)
+        if shapes is not None:
+            self._subnet_shapes.move_to_end(arch_json)
+            return shapes
+        with _gc_paused(), skip_meta_init(), torch.device("meta"):
             module = self.build_subnet(arch)
-        shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        self._subnet_shapes[key] = shapes
+            state = module.state_dict(keep_vars=True)  # keep_vars: no detach per tensor
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+        self._subnet_shapes[arch_json] = shapes
         if len(self._subnet_shapes) > _SHAPE_CACHE_SIZE:
             self._subnet_shapes.popitem(last=False)
-        return dict(shapes)
+        return shapes
 
     def tensor_slices(
         self, key: str, sub_shape: tuple[int, ...], super_shape: tuple[int, ...]
@@ -213,17 +238,43 @@ class SupernetFamily(ABC):
         return tuple(slices)
 
     def subnet_slices(self, arch: Architecture) -> dict[str, Slices]:
-        """For each subnet key, its slices into the supernet tensor of that key."""
-        super_shapes = self.supernet_shapes()
-        out: dict[str, Slices] = {}
-        for key, shape in self.subnet_shapes(arch).items():
-            if key not in super_shapes:
-                raise ValueError(
-                    f"{self.name}: subnet key {key!r} is not in the supernet "
-                    "(the family breaks the supernet contract)"
-                )
-            out[key] = self.tensor_slices(key, shape, super_shapes[key])
-        return out
+        """For each subnet key, its slices into the supernet tensor of that key.
+
+        Derived once per architecture and kept (the last 512 architectures, keyed
+        by the architecture's JSON), like :meth:`subnet_shapes`.
+        """
+        arch = self.search_space.validate(arch)
+        arch_json = architecture_to_json(arch)
+        slices = self._subnet_slices.get(arch_json)
+        if slices is not None:
+            self._subnet_slices.move_to_end(arch_json)
+            return dict(slices)
+        if self._supernet_shapes is None:
+            self.supernet_shapes()
+        super_shapes = self._supernet_shapes
+        assert super_shapes is not None
+        if type(self).subnet_shapes is SupernetFamily.subnet_shapes:
+            shapes = self._cached_shapes(arch, arch_json)
+        else:  # a family that derives its shapes its own way
+            shapes = self.subnet_shapes(arch)
+        memo = self._tensor_slices
+        if len(memo) > _TENSOR_SLICES_CACHE_SIZE:
+            memo.clear()
+        slices = {}
+        for key, shape in shapes.items():
+            found = memo.get((key, shape))
+            if found is None:
+                if key not in super_shapes:
+                    raise ValueError(
+                        f"{self.name}: subnet key {key!r} is not in the supernet "
+                        "(the family breaks the supernet contract)"
+                    )
+                found = memo[(key, shape)] = self.tensor_slices(key, shape, super_shapes[key])
+            slices[key] = found
+        self._subnet_slices[arch_json] = slices
+        if len(self._subnet_slices) > _SHAPE_CACHE_SIZE:
+            self._subnet_slices.popitem(last=False)
+        return dict(slices)
 
     def init_supernet_state(self, seed: int = 0) -> dict[str, np.ndarray]:
         """Freshly initialised supernet weights as numpy arrays (seeded)."""
