@@ -3,20 +3,87 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
+    "IMAGE_KEYS",
+    "LABEL_KEYS",
     "TrainResult",
     "evaluate",
     "recalibrate_batchnorm",
     "run_epochs",
+    "split_batch",
     "train",
     "training_peak_memory",
 ]
+
+# Column names a dict batch is searched for, in this order, when no key is given:
+# flwr-datasets' CIFAR/MNIST-style datasets ("img"/"image" + "label"), Hugging Face
+# image processors ("pixel_values" + "labels"), CIFAR-100 ("fine_label"), and "x"/"y".
+IMAGE_KEYS = ("img", "image", "pixel_values", "x")
+LABEL_KEYS = ("label", "labels", "fine_label", "y")
+
+
+def _pick_key(keys: Sequence[str], given: str | None, candidates: tuple[str, ...], what: str):
+    if given is not None:
+        if given not in keys:
+            raise KeyError(f"batch has keys {list(keys)}, not the {what} key {given!r}")
+        return given
+    for key in candidates:
+        if key in keys:
+            return key
+    raise KeyError(
+        f"batch has keys {list(keys)}; none is a known {what} key {list(candidates)}: "
+        f"pass {what}_key=<name>"
+    )
+
+
+def split_batch(
+    batch: Any, image_key: str | None = None, label_key: str | None = None
+) -> tuple[Any, Any]:
+    """The (images, labels) of one batch, whatever form the loader yields.
+
+    Parameters
+    ----------
+    batch : Mapping | tuple | list
+        A dict (flwr-datasets / Hugging Face loaders, e.g. ``{"img": x,
+        "label": y}``) or an ``(images, labels)`` pair (torch's
+        ``TensorDataset``); extra tuple entries are ignored.
+    image_key, label_key : str | None (default: None)
+        Keys of a dict batch; ``None`` takes the first of :data:`IMAGE_KEYS`
+        (``img``, ``image``, ``pixel_values``, ``x``) and :data:`LABEL_KEYS`
+        (``label``, ``labels``, ``fine_label``, ``y``) that the batch has.
+
+    Returns
+    -------
+    tuple
+        ``(images, labels)``.
+
+    Raises
+    ------
+    KeyError
+        A dict batch without the given key or any known one; the message lists
+        the keys the batch has.
+    TypeError
+        A batch that is neither a mapping nor a sequence of at least two.
+    """
+    if isinstance(batch, Mapping):
+        keys = [str(k) for k in batch]
+        return (
+            batch[_pick_key(keys, image_key, IMAGE_KEYS, "image")],
+            batch[_pick_key(keys, label_key, LABEL_KEYS, "label")],
+        )
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(
+        f"a batch must be a dict or an (images, labels) pair, got {type(batch).__name__}"
+        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+    )
 
 
 @dataclass
@@ -86,19 +153,23 @@ def training_peak_memory(
 
 def run_epochs(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Any],
     optimizer: torch.optim.Optimizer,
     epochs: int,
     device: str | torch.device = "cpu",
+    image_key: str | None = None,
+    label_key: str | None = None,
 ) -> tuple[float, int]:
     """Cross-entropy SGD steps over ``loader`` for ``epochs`` epochs.
 
+    Batches are dicts or ``(images, labels)`` pairs (see :func:`split_batch`).
     Leaves the modules' train/eval modes as the caller set them. Returns the
     summed loss (weighted by batch size) and the number of examples seen.
     """
     total_loss, total_n = 0.0, 0
     for _ in range(epochs):
-        for images, labels in loader:
+        for batch in loader:
+            images, labels = split_batch(batch, image_key, label_key)
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(images), labels)
@@ -111,16 +182,19 @@ def run_epochs(
 
 def train(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Any],
     epochs: int,
     lr: float,
     device: str | torch.device = "cpu",
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     measure_memory: bool = True,
+    image_key: str | None = None,
+    label_key: str | None = None,
 ) -> TrainResult:
     """Train with SGD for ``epochs`` local epochs; returns mean loss and timing.
 
+    Batches are dicts or ``(images, labels)`` pairs (see :func:`split_batch`).
     ``seconds`` is the wall time of the training loop itself (the client's
     compute time); the memory probe runs before the clock starts.
     """
@@ -133,13 +207,14 @@ def train(
     if measure_memory:
         first = next(iter(loader), None)
         if first is not None:
-            peak = training_peak_memory(model, first[0], first[1], optimizer_slots=1)
+            images, labels = split_batch(first, image_key, label_key)
+            peak = training_peak_memory(model, images, labels, optimizer_slots=1)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     model.train()
     start = time.perf_counter()
-    total_loss, total_n = run_epochs(model, loader, optimizer, epochs, device)
+    total_loss, total_n = run_epochs(model, loader, optimizer, epochs, device, image_key, label_key)
     seconds = time.perf_counter() - start
     num_examples = total_n // max(epochs, 1)
     return TrainResult(
@@ -153,14 +228,20 @@ def train(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Any],
     device: str | torch.device = "cpu",
+    image_key: str | None = None,
+    label_key: str | None = None,
 ) -> tuple[float, float, int]:
-    """Mean cross-entropy, accuracy in [0, 1], and number of examples."""
+    """Mean cross-entropy, accuracy in [0, 1], and number of examples.
+
+    Batches are dicts or ``(images, labels)`` pairs (see :func:`split_batch`).
+    """
     model.to(device)
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
-    for images, labels in loader:
+    for batch in loader:
+        images, labels = split_batch(batch, image_key, label_key)
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
         total_loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
@@ -174,9 +255,11 @@ def evaluate(
 @torch.no_grad()
 def recalibrate_batchnorm(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Any],
     max_batches: int | None = None,
     device: str | torch.device = "cpu",
+    image_key: str | None = None,
+    label_key: str | None = None,
 ) -> int:
     """Recompute BatchNorm running statistics of ``model`` on ``loader``.
 
@@ -185,7 +268,8 @@ def recalibrate_batchnorm(
     same channels; its weights are right but its statistics are not. As in
     once-for-all, the statistics are reset and re-estimated by forward passes
     over local training data (cumulative average, no gradient, weights
-    untouched). Returns the number of examples seen.
+    untouched). Batches are dicts or ``(images, labels)`` pairs (see
+    :func:`split_batch`). Returns the number of examples seen.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -198,9 +282,10 @@ def recalibrate_batchnorm(
     model.train()
     seen = 0
     try:
-        for i, (images, _) in enumerate(loader):
+        for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
+            images, _ = split_batch(batch, image_key, label_key)
             model(images.to(device))
             seen += int(images.shape[0])
     finally:

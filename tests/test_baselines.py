@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-from flwr.app import ConfigRecord
 
 from flwr_pfedrlnas.baselines import FedAvgFixedArch
 from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders

@@ -43,6 +43,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr_pfedrlnas.core.search import SearchConfig
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import identify
+from flwr_pfedrlnas.flower.failures import NoUsableRepliesError
 from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
 from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
@@ -376,13 +377,13 @@ def test_silent_client_is_a_timeout_not_an_invented_reward(local_grid, control, 
     assert snapshot(strategy.search) == control
 
 
-def test_everyone_fails_the_round_still_completes(local_grid, caplog):
+def test_everyone_fails_the_round_stops_the_run(local_grid, caplog):
+    # No usable reply stops the run with the cause (tests/test_dropin.py checks the state).
     caplog.set_level(logging.WARNING)
-    strategy, before, _ = run_two_rounds(local_grid, lambda msg, reply, _: None)
-    assert sorted(strategy.session.failures) == ["alice", "bob", "carol"]
-    sup, pol, hist, _ = snapshot(strategy.search)
-    assert (sup, pol, hist) == before[:3]
-    assert strategy.search.completed_rounds == 2
+    with pytest.raises(NoUsableRepliesError, match="round 2: 0 of 3 train replies usable") as err:
+        run_two_rounds(local_grid, lambda msg, reply, _: None)
+    for cid in ("alice", "bob", "carol"):
+        assert f"client {cid}: no reply (timeout or lost)" in str(err.value)
 
 
 def test_extra_metric_keys_are_fine(local_grid, clean):

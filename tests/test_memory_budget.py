@@ -344,9 +344,8 @@ def test_empty_arrays_reply_without_overrun_is_rejected(local_grid, tmp_path):
 
 
 def test_run_config_turns_the_features_on():
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     from flwr_pfedrlnas.flower.runconfig import message_api_kwargs, search_config_from_run_config
 
@@ -357,6 +356,8 @@ def test_run_config_turns_the_features_on():
         "profiles": None,
         "num_new_clients": 0,
         "new_client_rounds": 0,
+        "diagnostic_subnets": 2,
+        "diagnose_every": 0,
     }
     for name in ("memory-budget", "new-clients", "lambda-time-0", "more-clients-per-round"):
         override = tomllib.loads((app / "ablations" / f"{name}.toml").read_text())

@@ -47,7 +47,7 @@ NUM_PARTITIONS = 10
 
 # ---------------------------------------------------------------------- key material
 def _cert(subject, issuer_key, public_key, issuer, *, ca: bool, san=None):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -18,9 +18,10 @@ def _handle(
 ) -> Message:
     config = msg.content.config_records.get("config", ConfigRecord())
     if bc.METHOD in config:  # a personalised baseline on a fixed model
-        loaders = load_data(context, int(config.get(m.BATCH_SIZE, 32)))
+        # A validation loader, where there is one, is not theirs to use.
+        train_loader, test_loader, *_ = load_data(context, int(config.get(m.BATCH_SIZE, 32)))
         step = bc.baseline_train if kind == "train" else bc.baseline_evaluate
-        return step(msg, context, *loaders, device)
+        return step(msg, context, train_loader, test_loader, device)
     # A federated-NAS step, or one subnet (FedAvg on a fixed architecture).
     return handle(kind, msg, context, load_data, device)
 

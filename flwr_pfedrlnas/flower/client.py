@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
@@ -24,27 +21,37 @@ from flwr_pfedrlnas.core.search_space import (
     architecture_to_json,
 )
 from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.memory import is_out_of_memory, memory_budget_of, overrun_metrics
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
-from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, train, training_peak_memory
+from flwr_pfedrlnas.training import (
+    evaluate,
+    recalibrate_batchnorm,
+    split_batch,
+    train,
+    training_peak_memory,
+)
 
 __all__ = [
     "LoadData",
-    "SubnetClient",
     "build_subnet_from_config",
     "client_id_from_context",
     "evaluate_subnet",
     "identify",
     "make_client_app",
     "memory_budget_of",
+    "register_handlers",
     "train_subnet",
 ]
 
 logger = logging.getLogger(__name__)
 
-# load_data(context, batch_size) -> (train_loader, test_loader)
+# load_data(context, batch_size) -> (train_loader, test_loader[, val_loader])
 LoadData = Callable[[Context, int], tuple[DataLoader, DataLoader]]
 
 DEFAULT_BATCH_SIZE = 32
+# Run-config names (Flower's quickstart apps use them in [tool.flwr.app.config]) that
+# the handlers read when the server's message does not carry the setting.
+RUN_CONFIG_SETTINGS = (m.LOCAL_EPOCHS, m.LR, m.BATCH_SIZE)
 
 
 def client_id_from_context(context: Context) -> str:
@@ -87,71 +94,15 @@ def _device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _positive(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
-def memory_budget_of(
-    config: ConfigRecord | dict[str, Any], node_config: dict[str, Any] | None = None
-) -> float | None:
-    """The device's training memory budget in bytes, or ``None`` when unknown.
-
-    The node's own ``memory-budget-mb`` (deployment: ``--node-config
-    "memory-budget-mb=512"``) wins; else ``memory-budget-bytes`` sent by the
-    server (simulation: the client's seeded device profile). An unusable
-    value is ignored with a warning, never raised.
-    """
-    node_config = node_config or {}
-    if m.MEMORY_BUDGET_MB in node_config:
-        mb = _positive(node_config[m.MEMORY_BUDGET_MB])
-        if mb is not None:
-            return mb * 2**20
-        logger.warning("node config memory-budget-mb=%r ignored", node_config[m.MEMORY_BUDGET_MB])
-    if m.MEMORY_BUDGET_BYTES in config:
-        budget = _positive(config[m.MEMORY_BUDGET_BYTES])
-        if budget is not None:
-            return budget
-        logger.warning("memory-budget-bytes=%r ignored", config[m.MEMORY_BUDGET_BYTES])
-    return None
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, MemoryError):
-        return True
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom is not None and isinstance(err, oom):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-
-
-def _overrun_metrics(
-    peak: float, budget: float | None, seconds: float
-) -> tuple[dict[str, float], None]:
-    metrics = {
-        m.NUM_EXAMPLES: 0,
-        m.ACCURACY: 0.0,
-        m.COMPUTE_SECONDS: float(seconds),
-        m.PEAK_MEMORY_BYTES: float(peak),
-        m.MEMORY_OVERRUN: 1,
-    }
-    if budget is not None:
-        metrics[m.MEMORY_BUDGET_BYTES] = float(budget)
-    return metrics, None
-
-
 def _fit(
     model: nn.Module,
-    config: ConfigRecord | dict[str, Any],
+    config: ConfigRecord | Mapping[str, Any],
     train_loader: DataLoader,
     test_loader: DataLoader,
     device: torch.device,
     memory_budget: float | None = None,
+    keys: tuple[str | None, str | None] = (None, None),
+    val_loader: DataLoader | None = None,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor] | None]:
     """Measure, train, test; the metrics a reply carries, and the trained weights.
 
@@ -160,7 +111,9 @@ def _fit(
     ``memory_budget``, or out of memory while measuring or training, the
     client does not train (on): it returns ``memory-overrun`` = 1 with the
     peak and the budget, accuracy 0 and no weights (``None``). It never raises
-    for lack of memory.
+    for lack of memory. ``keys`` are the image and label keys of dict batches.
+    With a ``val_loader`` the trained subnet is also tested on the validation
+    split (``val-accuracy``, what the search's reward may use instead of the test).
     """
     epochs = int(config.get(m.LOCAL_EPOCHS, 1))
     lr = float(config.get(m.LR, 0.05))
@@ -170,21 +123,32 @@ def _fit(
         model.to(device)
         first = next(iter(train_loader), None)
         if first is not None:
-            peak = float(training_peak_memory(model, first[0], first[1], optimizer_slots=1))
+            images, labels = split_batch(first, *keys)
+            peak = float(training_peak_memory(model, images, labels, optimizer_slots=1))
         if memory_budget is not None and peak > memory_budget:
-            return _overrun_metrics(peak, memory_budget, time.perf_counter() - start)
+            return overrun_metrics(peak, memory_budget, time.perf_counter() - start)
         result = train(
-            model, train_loader, epochs=epochs, lr=lr, device=device, measure_memory=False
+            model,
+            train_loader,
+            epochs=epochs,
+            lr=lr,
+            device=device,
+            measure_memory=False,
+            image_key=keys[0],
+            label_key=keys[1],
         )
-        _, accuracy, _ = evaluate(model, test_loader, device=device)
+        _, accuracy, _ = evaluate(model, test_loader, device, *keys)
+        val_accuracy = None
+        if val_loader is not None:
+            _, val_accuracy, _ = evaluate(model, val_loader, device, *keys)
     except Exception as err:  # only running out of memory is answered, not raised
-        if not _is_out_of_memory(err):
+        if not is_out_of_memory(err):
             raise
         if device.type == "cuda":
             peak = max(peak, float(torch.cuda.max_memory_allocated(device)))
             torch.cuda.empty_cache()
         logger.warning("out of memory (%s): reported as a memory overrun", err)
-        return _overrun_metrics(peak, memory_budget, time.perf_counter() - start)
+        return overrun_metrics(peak, memory_budget, time.perf_counter() - start)
     compute = time.perf_counter() - start
     metrics = {
         m.NUM_EXAMPLES: int(result.num_examples),
@@ -196,8 +160,17 @@ def _fit(
     }
     if memory_budget is not None:
         metrics[m.MEMORY_BUDGET_BYTES] = float(memory_budget)
+    if val_accuracy is not None:
+        metrics[m.VAL_ACCURACY] = float(val_accuracy)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return metrics, state
+
+
+def _settings(
+    msg: Message, configrecord_key: str, defaults: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The message's config over ``defaults``: the server's setting wins."""
+    return {**dict(defaults or {}), **dict(msg.content[configrecord_key])}
 
 
 def train_subnet(
@@ -208,6 +181,10 @@ def train_subnet(
     device: str | None = None,
     arrayrecord_key: str = "arrays",
     configrecord_key: str = "config",
+    defaults: Mapping[str, Any] | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
+    val_loader: DataLoader | None = None,
 ) -> Message:
     """Handle a train message: build the subnet, train, test, reply.
 
@@ -217,13 +194,26 @@ def train_subnet(
     memory-budget-bytes) and ``config`` echoing the architecture and the
     client id. When the measured peak exceeds the budget (see
     :func:`memory_budget_of`) the client does not train and replies with an
-    empty ``arrays`` record and ``memory-overrun`` = 1.
+    empty ``arrays`` record and ``memory-overrun`` = 1. ``defaults`` are
+    settings (``local-epochs``, ``lr``) used where the message has none;
+    ``image_key`` / ``label_key`` name the columns of dict batches (see
+    :func:`~flwr_pfedrlnas.training.split_batch`). With a ``val_loader`` the
+    metrics also carry ``val-accuracy`` (the trained subnet on the validation split).
     """
-    config = msg.content[configrecord_key]
+    config = _settings(msg, configrecord_key, defaults)
     family, arch, model = build_subnet_from_config(config)
     model.load_state_dict(msg.content[arrayrecord_key].to_torch_state_dict(), strict=True)
     budget = memory_budget_of(config, dict(context.node_config))
-    metrics, state = _fit(model, config, train_loader, test_loader, _device(device), budget)
+    metrics, state = _fit(
+        model,
+        config,
+        train_loader,
+        test_loader,
+        _device(device),
+        budget,
+        (image_key, label_key),
+        val_loader,
+    )
     content = RecordDict(
         {
             arrayrecord_key: ArrayRecord(state) if state is not None else ArrayRecord(),
@@ -236,19 +226,31 @@ def train_subnet(
     return Message(content=content, reply_to=msg)
 
 
+def _batchnorm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The running statistics of every BatchNorm layer, by ``state_dict`` key."""
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for buffer_name, buffer in module.named_buffers(recurse=False):
+                out[f"{name}.{buffer_name}" if name else buffer_name] = buffer.detach().cpu()
+    return out
+
+
 def _test(
     model: nn.Module,
-    config: ConfigRecord | dict[str, Any],
+    config: ConfigRecord | Mapping[str, Any],
     test_loader: DataLoader,
     train_loader: DataLoader | None,
     device: torch.device,
-) -> tuple[float, float, int]:
+    keys: tuple[str | None, str | None] = (None, None),
+) -> tuple[float, float, int, bool]:
     """Test, after local fine-tuning and BatchNorm re-estimation when the config asks.
 
     ``finetune-epochs`` > 0 (the strategy sends it in the final evaluation
     only, when configured): SGD on every weight of ``model`` over the local
     training data first, at the config's ``lr``; the fine-tuned weights serve
-    this test and are never uploaded.
+    this test and are never uploaded. Returns loss, accuracy, examples and
+    whether BatchNorm statistics were re-estimated.
     """
     finetune = int(config.get(m.FINETUNE_EPOCHS, 0))
     if finetune > 0:
@@ -258,11 +260,21 @@ def _test(
                 "but the evaluate handler was given no train_loader"
             )
         lr = float(config.get(m.LR, 0.05))
-        train(model, train_loader, epochs=finetune, lr=lr, device=device, measure_memory=False)
+        train(
+            model,
+            train_loader,
+            epochs=finetune,
+            lr=lr,
+            device=device,
+            measure_memory=False,
+            image_key=keys[0],
+            label_key=keys[1],
+        )
     batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
-    if batches != 0 and train_loader is not None:
-        recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, device)
-    return evaluate(model, test_loader, device=device)
+    recalibrated = batches != 0 and train_loader is not None
+    if recalibrated:
+        recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, device, *keys)
+    return (*evaluate(model, test_loader, device, *keys), recalibrated)
 
 
 def evaluate_subnet(
@@ -273,6 +285,9 @@ def evaluate_subnet(
     arrayrecord_key: str = "arrays",
     configrecord_key: str = "config",
     train_loader: DataLoader | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
 ) -> Message:
     """Handle an evaluate message: test the given subnet on the own test split.
 
@@ -280,12 +295,20 @@ def evaluate_subnet(
     fine-tuned on the local training data (``train_loader``), weights not
     kept; when it carries ``bn-recalibration-batches`` (non-zero; -1 = all)
     and ``train_loader`` is given, BatchNorm statistics are then re-estimated
-    on that many local training batches (no weight changes).
+    on that many local training batches (no weight changes). Without
+    fine-tuning, the reply's ``arrays`` then carries the re-estimated
+    BatchNorm buffers: with the weights the server sent they are exactly the
+    model this client tested, which the server saves as its deployed model.
     """
-    config = msg.content[configrecord_key]
+    config = _settings(msg, configrecord_key, defaults)
     _, arch, model = build_subnet_from_config(config)
     model.load_state_dict(msg.content[arrayrecord_key].to_torch_state_dict(), strict=True)
-    loss, accuracy, n = _test(model, config, test_loader, train_loader, _device(device))
+    keys = (image_key, label_key)
+    loss, accuracy, n, recalibrated = _test(
+        model, config, test_loader, train_loader, _device(device), keys
+    )
+    finetune = int(config.get(m.FINETUNE_EPOCHS, 0))
+    statistics = _batchnorm_buffers(model) if recalibrated and finetune <= 0 else {}
     content = RecordDict(
         {
             "metrics": MetricRecord(
@@ -293,7 +316,7 @@ def evaluate_subnet(
                     m.NUM_EXAMPLES: n,
                     m.ACCURACY: float(accuracy),
                     "loss": float(loss),
-                    m.FINETUNE_EPOCHS: int(config.get(m.FINETUNE_EPOCHS, 0)),
+                    m.FINETUNE_EPOCHS: finetune,
                 }
             ),
             configrecord_key: ConfigRecord(
@@ -301,6 +324,8 @@ def evaluate_subnet(
             ),
         }
     )
+    if statistics:
+        content[arrayrecord_key] = ArrayRecord(statistics)
     return Message(content=content, reply_to=msg)
 
 
@@ -310,32 +335,86 @@ def identify(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def make_client_app(load_data: LoadData, device: str | None = None) -> ClientApp:
-    """A ``ClientApp`` that trains and evaluates whatever subnet it is sent.
+def _run_config_defaults(context: Context) -> dict[str, Any]:
+    return {k: context.run_config[k] for k in RUN_CONFIG_SETTINGS if k in context.run_config}
+
+
+def register_handlers(
+    app: ClientApp,
+    load_data: LoadData,
+    device: str | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> ClientApp:
+    """Register on ``app`` every handler the strategy needs: train, evaluate, query.
+
+    The handlers are Flower's default ones (``@app.train()``,
+    ``@app.evaluate()``, ``@app.query()``): the subnet training, the deployed
+    subnet's test and the identity answer. ``local-epochs``, ``lr`` and
+    ``batch-size`` come from the server's message; where a message lacks one
+    (another strategy, or an older one), the run config's value of the same
+    name is used, then the defaults (1, 0.05, 32). The server's message wins.
 
     Parameters
     ----------
+    app : ClientApp
+        The user's ``ClientApp``; it must have no handler of those names yet
+        (Flower raises ``ValueError`` otherwise).
     load_data : Callable[[Context, int], tuple[DataLoader, DataLoader]]
-        Returns this node's train and test loaders for a batch size; called on
-        every message, so it should cache.
+        Returns this node's train and test loaders for a batch size, or train,
+        test and validation loaders (the validation split then gives each
+        training reply a ``val-accuracy`` for the search's reward); called on
+        every message, so it should cache. Batches may be dicts (flwr-datasets)
+        or ``(images, labels)`` pairs.
     device : str | None (default: None)
         Torch device; CUDA when available if ``None``.
-    """
-    app = ClientApp()
+    image_key, label_key : str | None (default: None)
+        Keys of dict batches; ``None`` finds the common names (see
+        :func:`~flwr_pfedrlnas.training.split_batch`).
 
-    def _batch_size(msg: Message) -> int:
+    Returns
+    -------
+    ClientApp
+        ``app`` itself.
+    """
+
+    def _loaders(msg: Message, context: Context) -> tuple[DataLoader, DataLoader, Any]:
         config = msg.content.config_records.get("config", ConfigRecord())
-        return int(config.get(m.BATCH_SIZE, DEFAULT_BATCH_SIZE))
+        batch_size = config.get(
+            m.BATCH_SIZE, context.run_config.get(m.BATCH_SIZE, DEFAULT_BATCH_SIZE)
+        )
+        # (train, test) or (train, test, validation).
+        train_loader, test_loader, *rest = load_data(context, int(batch_size))
+        return train_loader, test_loader, rest[0] if rest else None
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
-        train_loader, test_loader = load_data(context, _batch_size(msg))
-        return train_subnet(msg, context, train_loader, test_loader, device)
+        train_loader, test_loader, val_loader = _loaders(msg, context)
+        return train_subnet(
+            msg,
+            context,
+            train_loader,
+            test_loader,
+            device,
+            defaults=_run_config_defaults(context),
+            image_key=image_key,
+            label_key=label_key,
+            val_loader=val_loader,
+        )
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        train_loader, test_loader = load_data(context, _batch_size(msg))
-        return evaluate_subnet(msg, context, test_loader, device, train_loader=train_loader)
+        train_loader, test_loader, _ = _loaders(msg, context)
+        return evaluate_subnet(
+            msg,
+            context,
+            test_loader,
+            device,
+            train_loader=train_loader,
+            defaults=_run_config_defaults(context),
+            image_key=image_key,
+            label_key=label_key,
+        )
 
     @app.query()
     def _query(msg: Message, context: Context) -> Message:
@@ -344,70 +423,20 @@ def make_client_app(load_data: LoadData, device: str | None = None) -> ClientApp
     return app
 
 
-class SubnetClient(NumPyClient):
-    """A ``NumPyClient`` for the legacy strategy API.
+def make_client_app(
+    load_data: LoadData,
+    device: str | None = None,
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> ClientApp:
+    """A new ``ClientApp`` with :func:`register_handlers`' handlers (same parameters)."""
+    return register_handlers(ClientApp(), load_data, device, image_key, label_key)
 
-    Parameters arrive as a list of arrays in the subnet's ``state_dict`` key
-    order; the architecture and family come in the fit/evaluate config.
 
-    Parameters
-    ----------
-    client_id : str
-        Stable identity (answers ``get_properties``).
-    train_loader, test_loader : DataLoader
-        This client's data.
-    device : str | None (default: None)
-        Torch device; CUDA when available if ``None``.
-    node_config : dict | None (default: None)
-        The node's config; its ``memory-budget-mb`` is the training budget.
-    """
+def __getattr__(name: str) -> Any:
+    # The NumPyClient lives in its own module (it reuses this one's helpers).
+    if name == "SubnetClient":
+        from flwr_pfedrlnas.flower.numpy_client import SubnetClient
 
-    def __init__(
-        self,
-        client_id: str,
-        train_loader: DataLoader,
-        test_loader: DataLoader,
-        device: str | None = None,
-        node_config: dict[str, Any] | None = None,
-    ) -> None:
-        self.node_config = dict(node_config or {})
-        self.client_id = str(client_id)
-        self.train_loader = train_loader
-        self.test_loader = test_loader
-        self.device = _device(device)
-
-    def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
-        return {m.CLIENT_ID: self.client_id}
-
-    @staticmethod
-    def _load(model: nn.Module, parameters: list[np.ndarray]) -> None:
-        keys = list(model.state_dict().keys())
-        if len(keys) != len(parameters):
-            raise ValueError(
-                f"received {len(parameters)} arrays, the subnet has {len(keys)} tensors"
-            )
-        state = {k: torch.from_numpy(np.array(v)) for k, v in zip(keys, parameters)}
-        model.load_state_dict(state, strict=True)
-
-    def fit(self, parameters, config):
-        _, arch, model = build_subnet_from_config(config)
-        self._load(model, parameters)
-        budget = memory_budget_of(config, self.node_config)
-        metrics, state = _fit(
-            model, config, self.train_loader, self.test_loader, self.device, budget
-        )
-        # Over budget: the received weights go back unchanged (the server ignores them).
-        arrays = (
-            [np.asarray(p) for p in parameters]
-            if state is None
-            else [v.numpy() for v in state.values()]
-        )
-        metrics[m.ARCH] = architecture_to_json(arch)
-        metrics[m.CLIENT_ID] = self.client_id
-        return arrays, int(metrics[m.NUM_EXAMPLES]), metrics
-
-    def evaluate(self, parameters, config):
-        _, _, model = build_subnet_from_config(config)
-        self._load(model, parameters)
-        loss, accuracy, n = _test(model, config, self.test_loader, self.train_loader, self.device)
-        return float(loss), int(n), {m.ACCURACY: float(accuracy), m.CLIENT_ID: self.client_id}
+        return SubnetClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

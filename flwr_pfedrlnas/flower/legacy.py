@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from logging import WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,6 @@ from flwr.common import (
     Scalar,
     log,
     ndarrays_to_parameters,
-    parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
@@ -24,14 +24,21 @@ from flwr.server.strategy import Strategy
 
 from flwr_pfedrlnas.core.search import ClientReply, SearchConfig
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_from_json
+from flwr_pfedrlnas.deployed import DeployedModels
 from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.deployed_export import ExportsDeployedModels
+from flwr_pfedrlnas.flower.failures import (
+    check_usable_replies,
+    raise_unidentified,
+    validate_min_usable_fraction,
+)
 from flwr_pfedrlnas.flower.session import SearchSession, natural_sorted
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["PerFedRLNASLegacy"]
 
 
-class PerFedRLNASLegacy(Strategy):
+class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
     """PerFedRLNAS for apps built on ``NumPyClient`` and ``ServerApp(server_fn=...)``.
 
     The same search as :class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS`, behind
@@ -39,9 +46,15 @@ class PerFedRLNASLegacy(Strategy):
     ``state_dict`` key order; the architecture, family and training settings
     travel in the fit config. A client says who it is through
     ``get_properties`` (``client-id``), asked once per connected proxy. Use it
-    with :class:`~flwr_pfedrlnas.flower.client.SubnetClient`. Run for
-    ``strategy.remaining_rounds(num_rounds)`` rounds so that a resumed run
+    with :class:`~flwr_pfedrlnas.flower.client.SubnetClient`. When resuming,
+    run for ``strategy.remaining_rounds(num_rounds)`` rounds so that the run
     stops where an uninterrupted one would.
+
+    Too few usable train replies, no usable evaluation reply, or no client
+    saying who it is stops the run with an error, as in the Message API. The
+    legacy API has no end-of-run hook and carries no arrays in evaluation
+    results: every client's deployed model (BatchNorm statistics: the
+    supernet's) is saved in ``deployed_dir`` after every evaluation round.
 
     Parameters are those of :class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS`
     (``min_available_nodes`` is ``min_available_clients`` here).
@@ -65,8 +78,11 @@ class PerFedRLNASLegacy(Strategy):
         resume: bool = False,
         run_config: dict[str, Any] | None = None,
         query_timeout: float = 120.0,
+        min_usable_fraction: float = 0.0,
+        deployed_dir: str | None = None,
     ) -> None:
         super().__init__()
+        self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
         self.session = SearchSession(
@@ -91,6 +107,8 @@ class PerFedRLNASLegacy(Strategy):
         self.query_timeout = float(query_timeout)
         self.proxy_to_client: dict[str, str] = {}
         self._sent: dict[str, tuple[str, Architecture]] = {}
+        self.deployed = DeployedModels(self.session.search)
+        self.deployed_dir = deployed_dir or (results_dir and str(Path(results_dir) / "deployed"))
 
     def __repr__(self) -> str:
         return f"PerFedRLNASLegacy({self.family!r})"
@@ -112,6 +130,7 @@ class PerFedRLNASLegacy(Strategy):
         """Ask each new proxy for its client id; return client id -> proxy."""
         client_manager.wait_for(self.min_available_clients, timeout=self.query_timeout)
         proxies = client_manager.all()
+        errors: dict[str, str] = {}
         for proxy_id, proxy in proxies.items():
             if proxy_id in self.proxy_to_client:
                 continue
@@ -120,6 +139,7 @@ class PerFedRLNASLegacy(Strategy):
                 cid = res.properties.get(m.CLIENT_ID)
             except Exception as err:  # a node that cannot answer is skipped this round
                 log(WARNING, "client proxy %s did not say who it is: %s", proxy_id, err)
+                errors[proxy_id] = repr(err)
                 continue
             if isinstance(cid, bool) or not isinstance(cid, (str, int)) or str(cid) == "":
                 log(
@@ -144,6 +164,8 @@ class PerFedRLNASLegacy(Strategy):
                 )
                 continue
             by_client[cid] = proxy
+        if not by_client:
+            raise_unidentified(len(proxies), self.query_timeout, errors)
         return by_client
 
     def _config(
@@ -183,7 +205,8 @@ class PerFedRLNASLegacy(Strategy):
             return None
         cid, arch = sent
         try:
-            arrays = parameters_to_ndarrays(res.parameters)
+            # Read-only views of the reply's bytes: decoded once, never copied.
+            arrays = [m.npy_bytes_to_array(t) for t in res.parameters.tensors]
             keys = list(self.family.subnet_shapes(arch))
             if len(arrays) != len(keys):
                 raise ValueError(
@@ -216,6 +239,9 @@ class PerFedRLNASLegacy(Strategy):
                     else None
                 ),
                 memory_overrun=bool(metrics.get(m.MEMORY_OVERRUN, 0)),
+                val_accuracy=(
+                    float(metrics[m.VAL_ACCURACY]) if m.VAL_ACCURACY in metrics else None
+                ),
             )
         except (ValueError, TypeError) as err:
             self.session.record_failure(cid, f"rejected: {err}")
@@ -235,9 +261,18 @@ class PerFedRLNASLegacy(Strategy):
                 cid = self._sent.get(failure[0].cid, ("proxy " + failure[0].cid, None))[0]
                 self.session.record_failure(cid, f"client error: {failure[1].status.message}")
         parsed = [r for r in (self._parse(proxy, res) for proxy, res in results) if r is not None]
-        self.session.incorporate(server_round, parsed)
+        outcome = self.session.incorporate(server_round, parsed)
+        sampled = [cid for cid, _ in self._sent.values()]
         self._sent = {}
         metrics = dict(self.session.train_metrics())
+        failures = dict(self.session.failures)
+        try:
+            check_usable_replies(
+                "train", server_round, sampled, outcome.accepted, failures, self.min_usable_fraction
+            )
+        except RuntimeError:
+            self.session.finish_round(server_round, {})
+            raise
         if self.fraction_evaluate == 0.0 or not self.session.is_evaluation_round(server_round):
             # Flower skips aggregate_evaluate when nobody is evaluated: close the round here.
             self.session.finish_round(server_round, {})
@@ -284,9 +319,20 @@ class PerFedRLNASLegacy(Strategy):
             if self.session.record_evaluation(server_round, cid, acc, res.num_examples):
                 accuracies[cid] = float(acc)
                 losses.append(res.loss)
-        for failure in failures:
+        reasons = {}
+        for i, failure in enumerate(failures):
             log(WARNING, "an evaluation failed: %r", failure)
+            if isinstance(failure, BaseException):  # Flower does not say whose it was
+                reasons[f"(unknown {i + 1})"] = repr(failure)
+            else:
+                cid = self.proxy_to_client.get(failure[0].cid, f"proxy {failure[0].cid}")
+                reasons[cid] = f"client error: {failure[1].status.message}"
         row = self.session.finish_round(server_round, accuracies)
+        if self.deployed_dir:
+            self.save_deployed()
+        evaluated = [self.proxy_to_client.get(p.cid, f"proxy {p.cid}") for p, _ in results]
+        evaluated += list(reasons)
+        check_usable_replies("evaluate", server_round, evaluated, list(accuracies), reasons)
         if not accuracies:
             return None, {}
         return float(np.mean(losses)), {

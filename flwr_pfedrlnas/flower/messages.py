@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +38,9 @@ __all__ = [
     "SUPERNET",
     "SUPERNET_CONFIG",
     "TRAIN_LOSS",
+    "VAL_ACCURACY",
     "arrays_to_record",
+    "npy_bytes_to_array",
     "record_to_arrays",
     "reply_from_records",
     "subnet_config",
@@ -59,6 +62,8 @@ SEARCH_ONLY = "search-only"
 # MetricRecord keys, client -> server.
 NUM_EXAMPLES = "num-examples"
 ACCURACY = "accuracy"
+# Accuracy on the client's validation split after training (what the reward may see).
+VAL_ACCURACY = "val-accuracy"
 TRAIN_LOSS = "train-loss"
 COMPUTE_SECONDS = "compute-seconds"
 PEAK_MEMORY_BYTES = "peak-memory-bytes"
@@ -75,17 +80,100 @@ PARTITION_ID = "partition-id"
 REQUIRED_TRAIN_METRICS = (NUM_EXAMPLES, ACCURACY, COMPUTE_SECONDS)
 
 
+def _c_order(value: np.ndarray) -> np.ndarray:
+    # np.save writes any other layout in C order itself (no copy of ours needed);
+    # only a Fortran-contiguous array would travel in Fortran order.
+    array = np.asarray(value)
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        return np.ascontiguousarray(array)
+    return array
+
+
 def arrays_to_record(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Name -> numpy array as an ``ArrayRecord`` (order kept)."""
-    return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in state.items()})
+    """Name -> numpy array as an ``ArrayRecord`` (order kept, C-ordered data)."""
+    return ArrayRecord({k: Array(_c_order(v)) for k, v in state.items()})
 
 
-def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """``ArrayRecord`` -> name -> numpy array; ``ValueError`` naming a bad entry."""
+# .npy header bytes -> (shape, fortran_order, dtype, data offset): a reply's headers
+# repeat every round (same keys, same shapes), and numpy parses each with a literal_eval.
+_NPY_HEADERS: dict[bytes, tuple[tuple[int, ...], bool, np.dtype, int]] = {}
+_NPY_HEADERS_SIZE = 1 << 14
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _npy_header(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
+    """The parsed header of ``.npy`` bytes (format 1.0 or 2.0), ``None`` for others."""
+    key = None
+    if data[:6] == _NPY_MAGIC and data[6:8] in (b"\x01\x00", b"\x02\x00"):
+        width = 2 if data[6] == 1 else 4
+        key = data[: 8 + width + int.from_bytes(data[8 : 8 + width], "little")]
+        found = _NPY_HEADERS.get(key)
+        if found is not None:
+            return found
+    stream = io.BytesIO(data)  # shares the bytes until written: no copy
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        return None
+    parsed = (tuple(shape), bool(fortran_order), dtype, stream.tell())
+    if key is not None and len(key) == parsed[3]:
+        if len(_NPY_HEADERS) >= _NPY_HEADERS_SIZE:
+            _NPY_HEADERS.clear()
+        _NPY_HEADERS[key] = parsed
+    return parsed
+
+
+def npy_bytes_to_array(data: bytes) -> np.ndarray:
+    """The array that ``np.save`` wrote into ``data``, as a read-only view of it.
+
+    Reads the ``.npy`` header as ``np.load`` does (object dtypes refused: no
+    pickles) and wraps the payload without copying it. Raises ``ValueError``
+    on a malformed header or a payload shorter than the header's shape needs.
+    """
+    if not isinstance(data, bytes):
+        raise ValueError(f"array data is a {type(data).__name__}, not bytes")
+    header = _npy_header(data)
+    if header is None:  # format 3.0 (unicode field names): let numpy read it
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    shape, fortran_order, dtype, offset = header
+    if dtype.hasobject:
+        raise ValueError(f"Object arrays cannot be loaded when allow_pickle=False (dtype {dtype})")
+    count = math.prod(shape)
+    if len(data) - offset < count * dtype.itemsize:
+        raise ValueError(
+            f"array data holds {len(data) - offset} bytes, "
+            f"shape {tuple(shape)} of {dtype} needs {count * dtype.itemsize}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    if fortran_order:
+        return flat.reshape(shape[::-1]).transpose()
+    return flat.reshape(shape)
+
+
+def record_to_arrays(record: ArrayRecord, copy: bool = True) -> dict[str, np.ndarray]:
+    """``ArrayRecord`` -> name -> numpy array; ``ValueError`` naming a bad entry.
+
+    Parameters
+    ----------
+    record : ArrayRecord
+        The record to decode.
+    copy : bool (default: True)
+        ``True``: writable arrays of their own (``Array.numpy()``). ``False``:
+        read-only views of the record's bytes, decoded once and never copied
+        (what the server does with a reply it only reads).
+    """
     out = {}
     for key, array in record.items():
         try:
-            out[key] = array.numpy()
+            if copy:
+                out[key] = array.numpy()
+            elif array.stype != "numpy.ndarray":
+                raise ValueError(f"serialisation type is {array.stype!r}, not 'numpy.ndarray'")
+            else:
+                out[key] = npy_bytes_to_array(array.data)
         except Exception as err:  # any decoding failure is a bad reply
             raise ValueError(f"tensor {key!r} cannot be decoded: {err}") from err
     return out
@@ -143,7 +231,7 @@ def reply_from_records(
     return ClientReply(
         client_id=str(client_id),
         arch=arch,
-        state=record_to_arrays(arrays),
+        state=record_to_arrays(arrays, copy=False),  # only read: the merge makes new arrays
         num_examples=num_examples,
         accuracy=float(metrics[ACCURACY]),
         train_loss=float(metrics.get(TRAIN_LOSS, float("nan"))),
@@ -151,4 +239,15 @@ def reply_from_records(
         peak_memory_bytes=float(metrics.get(PEAK_MEMORY_BYTES, 0.0)),
         memory_budget_bytes=None if budget is None else float(budget),
         memory_overrun=bool(overrun),
+        val_accuracy=_optional_number(metrics, VAL_ACCURACY),
     )
+
+
+def _optional_number(metrics: MetricRecord, key: str) -> float | None:
+    """``metrics[key]`` as a float, ``None`` when absent; ``ValueError`` for a list."""
+    if key not in metrics:
+        return None
+    value = metrics[key]
+    if isinstance(value, list):
+        raise ValueError(f"metrics {key!r} is a list {value!r}, not a number")
+    return float(value)

@@ -14,7 +14,13 @@ from flwr.common import log
 
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search import SearchConfig
-from flwr_pfedrlnas.data.datasets import dataset_info, load_client_data, make_loaders
+from flwr_pfedrlnas.data.datasets import (
+    dataset_info,
+    load_client_data,
+    make_loaders,
+    make_val_loader,
+)
+from flwr_pfedrlnas.flower.failures import validate_min_usable_fraction
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
 
@@ -31,8 +37,15 @@ def family_from_run_config(cfg: dict[str, Any]) -> SupernetFamily:
 
 
 def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
+    """The search settings of a run config; a missing key keeps the paper's value.
+
+    ``search-preset`` ``""`` takes every key as given; ``"paper"`` or ``"ours"``
+    (``SearchConfig.recommended()``) sets the reward, policy and round-time keys
+    to the preset's values, whatever the run config says for them.
+    """
     bandwidth = float(cfg["bandwidth-mbps"]) * 1e6
-    return SearchConfig(
+    paper = SearchConfig()
+    config = SearchConfig(
         policy_lr=float(cfg["policy-lr"]),
         policy_optimizer=str(cfg["policy-optimizer"]),
         lambda_time=float(cfg["lambda-time"]),
@@ -41,7 +54,31 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
         weighting=str(cfg["weighting"]),  # type: ignore[arg-type]
         memory_aware=bool(cfg.get("memory-aware", False)),
         seed=int(cfg["seed"]),
+        reward_baseline=str(cfg.get("reward-baseline", paper.reward_baseline)),
+        baseline_decay=float(cfg.get("baseline-decay", paper.baseline_decay)),
+        reward_standardise=str(cfg.get("reward-standardise", paper.reward_standardise)),
+        entropy_bonus=float(cfg.get("entropy-bonus", paper.entropy_bonus)),
+        warmup_updates=int(cfg.get("warmup-updates", paper.warmup_updates)),
+        round_time_model=str(cfg.get("round-time-model", paper.round_time_model)),
+        reward_accuracy=str(cfg.get("reward-accuracy", paper.reward_accuracy)),
+        seconds_per_mac=float(cfg.get("seconds-per-mac", paper.seconds_per_mac)),
     )
+    preset = str(cfg.get("search-preset", ""))
+    if not preset:
+        return config
+    kept = {
+        "bandwidth_down_bps": bandwidth,
+        "bandwidth_up_bps": bandwidth,
+        "weighting": config.weighting,
+        "memory_aware": config.memory_aware,
+        "seed": config.seed,
+    }
+    try:
+        chosen = SearchConfig.preset(preset, **kept)
+    except ValueError as err:
+        raise ValueError(f"search-preset is {preset!r}: {err}") from err
+    log(INFO, "search-preset %r: %s", preset, chosen)
+    return chosen
 
 
 def message_api_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -51,11 +88,15 @@ def message_api_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     ``bandwidth-choices-mbps``, ``memory-budget-choices-mb``): seeded device
     profiles; ``num-new-clients`` and ``new-client-rounds``: held-out clients
     searched by evaluation only after training. Missing keys: off.
+    ``diagnostic-subnets`` (default 2) and ``diagnose-every`` (default 0: the
+    last round only): the search diagnostics of every run.
     """
     return {
         "profiles": ProfileDistribution.from_run_config(cfg),
         "num_new_clients": int(cfg.get("num-new-clients", 0)),
         "new_client_rounds": int(cfg.get("new-client-rounds", 0)),
+        "diagnostic_subnets": int(cfg.get("diagnostic-subnets", 2)),
+        "diagnose_every": int(cfg.get("diagnose-every", 0)),
     }
 
 
@@ -88,7 +129,9 @@ def output_dir(path: str) -> str | None:
 
 
 @lru_cache(maxsize=4)
-def _client_data(source, data_dir, partition_id, num_partitions, alpha, seed, test_fraction):
+def _client_data(
+    source, data_dir, partition_id, num_partitions, alpha, seed, test_fraction, val_fraction=0.0
+):
     return load_client_data(
         source,
         partition_id=partition_id,
@@ -97,6 +140,7 @@ def _client_data(source, data_dir, partition_id, num_partitions, alpha, seed, te
         seed=seed,
         test_fraction=test_fraction,
         data_dir=data_dir or None,
+        val_fraction=val_fraction,
     )
 
 
@@ -113,7 +157,13 @@ def partition_of(context: Context) -> tuple[int, int]:
 
 
 def load_data(context: Context, batch_size: int):
-    """This node's train and test loaders (cached per process)."""
+    """This node's train and test loaders, and its validation loader when ``val-fraction`` > 0.
+
+    ``val-fraction`` (default 0) takes that share of each client's partition
+    out of its training part (see :func:`~flwr_pfedrlnas.data.datasets.load_client_data`);
+    every method of a comparison should use the same value, so that all train
+    on the same examples. Cached per process.
+    """
     cfg = context.run_config
     partition_id, num_partitions = partition_of(context)
     data = _client_data(
@@ -124,8 +174,11 @@ def load_data(context: Context, batch_size: int):
         float(cfg["dirichlet-alpha"]),
         int(cfg["seed"]),
         float(cfg["test-fraction"]),
+        float(cfg.get("val-fraction", 0.0)),
     )
-    return make_loaders(data, batch_size=batch_size, seed=int(cfg["seed"]) + partition_id)
+    loaders = make_loaders(data, batch_size=batch_size, seed=int(cfg["seed"]) + partition_id)
+    val = make_val_loader(data, batch_size)
+    return loaders if val is None else (*loaders, val)
 
 
 def strategy_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -147,4 +200,8 @@ def strategy_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         "checkpoint_dir": checkpoint_dir,
         "resume": bool(cfg["resume"]),
         "run_config": dict(cfg),
+        # Absent (older apps): 0.0, a round fails only when no reply was usable.
+        "min_usable_fraction": validate_min_usable_fraction(
+            cfg.get("min-usable-fraction", 0.0), "min-usable-fraction"
+        ),
     }

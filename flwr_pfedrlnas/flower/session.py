@@ -294,8 +294,13 @@ class SearchSession:
         )
         return True
 
-    def finish_round(self, server_round: int, accuracies: Mapping[str, float]) -> dict[str, Any]:
-        """Append the round's row, log it, write results and the checkpoint."""
+    def finish_round(
+        self,
+        server_round: int,
+        accuracies: Mapping[str, float],
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Append the round's row (with ``extra`` fields), log it, write results, checkpoint."""
         round_no = self.global_round(server_round)
         outcome = self.outcome or RoundOutcome(server_round=round_no)
         latency = outcome.latency + self.server_seconds
@@ -328,11 +333,15 @@ class SearchSession:
             "bytes-down": int(sum(outcome.bytes_down.values())),
             "bytes-up": int(sum(outcome.bytes_up.values())),
             "wall-seconds": time.perf_counter() - self.round_started,
+            **dict(extra or {}),
         }
         self.recorder.add_round(row)
         total = self.total_rounds or round_no
         if accuracies:
             what = f"accuracy {mean:.4f} ± {std:.4f} over {len(accuracies)} clients"
+            gain = row.get("search-gain", float("nan"))
+            if gain == gain:  # not NaN: a diagnostic round
+                what += f" | search gain {gain:+.4f} over random subnets"
         else:
             what = f"train accuracy {row['train-accuracy-mean']:.4f}"
         log(

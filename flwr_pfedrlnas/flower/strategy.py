@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 from flwr.app import (
@@ -20,7 +21,17 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search import ClientReply, SearchConfig
+from flwr_pfedrlnas.deployed import DeployedModels
 from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower import new_clients
+from flwr_pfedrlnas.flower.deployed_export import ExportsDeployedModels, record_batchnorm_replies
+from flwr_pfedrlnas.flower.diagnostics import SearchDiagnostics
+from flwr_pfedrlnas.flower.failures import (
+    ErrorAnswers,
+    check_usable_replies,
+    raise_unidentified,
+    validate_min_usable_fraction,
+)
 from flwr_pfedrlnas.flower.identity import identify_clients
 from flwr_pfedrlnas.flower.session import SearchSession
 from flwr_pfedrlnas.protocol.results import summarise_accuracies
@@ -29,7 +40,7 @@ from flwr_pfedrlnas.supernets import SupernetFamily
 __all__ = ["PerFedRLNAS"]
 
 
-class PerFedRLNAS(Strategy):
+class PerFedRLNAS(ExportsDeployedModels, Strategy):
     """Personalised federated NAS by reinforcement learning (Message API).
 
     The strategy owns the search state: the supernet and one architecture
@@ -40,6 +51,14 @@ class PerFedRLNAS(Strategy):
     those that answer, and merges their subnets into the supernet with the
     count-normalised masked mean. Evaluation sends every client the subnet of
     its most probable architecture (its deployed model).
+
+    A round in which too few train replies could be used (every client
+    failed or was rejected; see ``min_usable_fraction``), an evaluation round
+    in which no client's test could be used, or a round in which no node says
+    who it is stops the run with an error naming the cause (``flwr ls``:
+    failed). ``start()`` returns Flower's ``Result``; its ``arrays`` is the
+    supernet (every shared weight), not anyone's deployed model: those are
+    :meth:`deployed_models`, saved in ``deployed_dir`` at the end.
 
     Parameters
     ----------
@@ -100,6 +119,22 @@ class PerFedRLNAS(Strategy):
     new_client_rounds : int (default: 0)
         ``R``, search-only rounds for the new clients (see
         :meth:`search_new_clients`).
+    min_usable_fraction : float (default: 0.0)
+        Share of a round's sampled clients whose train reply must be usable;
+        fewer stops the run. At least one usable reply is always required. An
+        over-budget reply (memory overrun) counts as usable: it rewards the policy.
+    deployed_dir : str | None (default: None)
+        Where every client's deployed model is saved at the end of :meth:`start`
+        (format: :mod:`flwr_pfedrlnas.deployed`); ``None``: ``<results_dir>/deployed``
+        when ``results_dir`` is set, else not saved.
+    diagnostic_subnets, diagnose_every : int (default: 0, 0)
+        Search diagnostics (:class:`~flwr_pfedrlnas.flower.diagnostics.SearchDiagnostics`):
+        in the last round (and every ``diagnose_every`` evaluation rounds) each
+        evaluated client also tests ``diagnostic_subnets`` random subnets and
+        the largest; rounds.csv and clients.csv get ``search-gain`` (deployed
+        minus the random subnets' mean), ``random-subnet-accuracy`` and
+        ``largest-subnet-accuracy``. 0 subnets: off (the apps' run config turns
+        them on with ``diagnostic-subnets = 2``).
     """
 
     def __init__(
@@ -126,7 +161,12 @@ class PerFedRLNAS(Strategy):
         profiles: ProfileDistribution | None = None,
         num_new_clients: int = 0,
         new_client_rounds: int = 0,
+        min_usable_fraction: float = 0.0,
+        deployed_dir: str | None = None,
+        diagnostic_subnets: int = 0,
+        diagnose_every: int = 0,
     ) -> None:
+        self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
         self.session = SearchSession(
@@ -162,6 +202,12 @@ class PerFedRLNAS(Strategy):
         # This round's train message per node: a reply must answer that message.
         self._sent_messages: dict[int, Message] = {}
         self._stale: dict[str, str] = {}
+        self.deployed = DeployedModels(self.session.search)
+        self._evaluated: list[str] = []
+        self.deployed_dir = deployed_dir or (results_dir and str(Path(results_dir) / "deployed"))
+        self.diagnostics = SearchDiagnostics(
+            family, diagnostic_subnets, diagnose_every, self.search.config.seed
+        )
 
     @property
     def search(self):
@@ -182,13 +228,30 @@ class PerFedRLNAS(Strategy):
 
     # ------------------------------------------------------------------ identity
     def _identify(self, grid: Grid) -> list[str]:
-        """Learn the client id of every new node; return the connected clients."""
-        return identify_clients(
-            grid,
+        """Learn the client id of every new node; return the connected clients.
+
+        Raises :class:`~flwr_pfedrlnas.flower.failures.UnidentifiedNodesError`
+        when no connected node has said who it is.
+        """
+        answers = ErrorAnswers(grid)
+        clients = identify_clients(
+            answers,  # type: ignore[arg-type]
             self.node_to_client,
             self.client_to_node,
             self.min_available_nodes,
             self.query_timeout,
+            self.configrecord_key,
+        )
+        if not clients:
+            raise_unidentified(len(list(grid.get_node_ids())), self.query_timeout, answers.errors)
+        return clients
+
+    def _record_batchnorm(self, replies: Iterable[Message]) -> None:
+        record_batchnorm_replies(
+            self.deployed,
+            replies,
+            self.node_to_client,
+            self.arrayrecord_key,
             self.configrecord_key,
         )
 
@@ -207,11 +270,19 @@ class PerFedRLNAS(Strategy):
 
         ``initial_arrays``, when given and not empty, replaces the initial
         supernet (for example a pre-trained one); it is ignored on resume.
+        ``evaluate_fn(server_round, arrays)`` receives the supernet as an
+        ``ArrayRecord`` every time, round 0 included (the initial supernet, so
+        ``family.build_supernet().load_state_dict(arrays.to_torch_state_dict())``
+        works); the clients' deployed models are :meth:`deployed_models`.
+        At the end every client's deployed model is saved in ``deployed_dir``.
         """
         remaining = self.session.remaining_rounds(num_rounds)
+        if not self._initial_loaded and initial_arrays is not None and len(initial_arrays) > 0:
+            self.search.supernet = self.search._checked_supernet(m.record_to_arrays(initial_arrays))
+        self._initial_loaded = True
         result = super().start(
             grid,
-            initial_arrays if initial_arrays is not None else ArrayRecord(),
+            m.arrays_to_record(self.search.supernet),
             num_rounds=remaining,
             timeout=timeout,
             train_config=train_config,
@@ -220,41 +291,11 @@ class PerFedRLNAS(Strategy):
         )
         if self.session.num_new_clients > 0 and self.session.new_client_rounds > 0:
             self.search_new_clients(grid, timeout=timeout, evaluate_config=evaluate_config)
+        if self.deployed_dir:
+            self.save_deployed()
         return result
 
     # ------------------------------------------------------------------ new clients
-    def _search_message(self, cid: str, arch, state, search_round: int, extra) -> Message:
-        config = dict(self.session.evaluate_config(extra))
-        config[m.SEARCH_ONLY] = True
-        config["search-round"] = int(search_round)
-        round_no = (self.session.total_rounds or self.search.completed_rounds) + search_round
-        content = RecordDict(
-            {
-                self.arrayrecord_key: m.arrays_to_record(state),
-                self.configrecord_key: m.subnet_config(self.family, arch, round_no, config),
-            }
-        )
-        return Message(
-            content=content, message_type=MessageType.EVALUATE, dst_node_id=self.client_to_node[cid]
-        )
-
-    def _test_accuracies(self, replies: Iterable[Message], expected: set[str]) -> dict[str, float]:
-        accuracies: dict[str, float] = {}
-        for msg in replies:
-            cid = self.node_to_client.get(msg.metadata.src_node_id)
-            if cid is None or cid not in expected:
-                continue
-            if msg.has_error():
-                log(WARNING, "search-only test of client %s failed: %s", cid, msg.error.reason)
-                continue
-            metrics = msg.content.metric_records.get(self.metricrecord_key)
-            acc = None if metrics is None else metrics.get(m.ACCURACY)
-            if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
-                log(WARNING, "search-only accuracy of client %s is %r: ignored", cid, acc)
-                continue
-            accuracies[cid] = float(acc)
-        return accuracies
-
     def search_new_clients(
         self,
         grid: Grid,
@@ -275,30 +316,7 @@ class PerFedRLNAS(Strategy):
         supernet is not changed.
         """
         rounds = self.session.new_client_rounds if num_rounds is None else int(num_rounds)
-        self.session.training_clients(self._identify(grid))  # fixes the new clients
-        new = [c for c in self.session.new_clients or [] if c in self.client_to_node]
-        if not new or rounds <= 0:
-            return []
-        extra = evaluate_config if evaluate_config is not None else ConfigRecord()
-        rows = []
-        for r in range(1, rounds + 1):
-            messages = []
-            for cid in new:
-                proposal = self.search.propose_search_only(cid)
-                messages.append(self._search_message(cid, proposal.arch, proposal.state, r, extra))
-            sampled = self._test_accuracies(
-                grid.send_and_receive(messages, timeout=timeout), set(new)
-            )
-            rewards = self.search.incorporate_search_only(sampled)
-            messages = [
-                self._search_message(cid, *self.search.deploy(cid), r, extra) for cid in new
-            ]
-            deployed = self._test_accuracies(
-                grid.send_and_receive(messages, timeout=timeout), set(new)
-            )
-            rows.append(self.session.record_new_client_round(r, sampled, deployed, rewards))
-        self.session.checkpoint()
-        return rows
+        return new_clients.search_new_clients(self, grid, rounds, timeout, evaluate_config)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -402,6 +420,7 @@ class PerFedRLNAS(Strategy):
             and self.arrayrecord_key in msg.content.array_records
         }
         outcome = self.session.incorporate(server_round, parsed)
+        sampled = list(self._sent.values())
         for node_id, cid in self._sent.items():
             if cid in outcome.bytes_down:
                 sent = self._sent_messages[node_id].content[self.arrayrecord_key]
@@ -410,7 +429,19 @@ class PerFedRLNAS(Strategy):
                 outcome.bytes_up[cid] = up.get(cid, outcome.bytes_up[cid])
         self._sent = {}
         self._sent_messages = {}
+        self._check_usable("train", server_round, sampled, outcome.accepted)
         return m.arrays_to_record(self.search.supernet), MetricRecord(self.session.train_metrics())
+
+    def _check_usable(self, what: str, server_round: int, sampled, usable) -> None:
+        """Stop the run (after writing the round's row) when too few replies were usable."""
+        try:
+            failures = dict(self.session.failures)
+            check_usable_replies(
+                what, server_round, sampled, usable, failures, self.min_usable_fraction
+            )
+        except RuntimeError:
+            self.session.finish_round(server_round, {})
+            raise
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -424,7 +455,21 @@ class PerFedRLNAS(Strategy):
             num = max(1, int(round(len(clients) * self.fraction_evaluate)))
             clients = self.search.sample_clients(clients, num)
         round_no = self.session.global_round(server_round)
+        if self.diagnostics.due(self.session.is_last_round(server_round)):
+            self.diagnostics.run(
+                grid,
+                round_no,
+                self.search.supernet,
+                self.client_to_node,
+                clients,
+                lambda arch: m.subnet_config(
+                    self.family, arch, round_no, self.session.evaluate_config(config, server_round)
+                ),
+                arrayrecord_key=self.arrayrecord_key,
+                configrecord_key=self.configrecord_key,
+            )
         messages = []
+        self._evaluated = list(clients)
         for cid in clients:
             arch, state = self.session.deploy(cid)
             content = RecordDict(
@@ -450,25 +495,42 @@ class PerFedRLNAS(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Record each client's personalised accuracy; log the round; checkpoint."""
+        """Record each client's personalised accuracy; log the round; checkpoint.
+
+        A round whose evaluation replies were all unusable stops the run (after
+        its row is written).
+        """
         accuracies: dict[str, float] = {}
+        replies = list(replies)
+        sent = [self.node_to_client.get(msg.metadata.src_node_id) for msg in replies]
+        self._record_batchnorm(replies)
+        failures: dict[str, str] = {}
         for msg in replies:
             cid = self.node_to_client.get(msg.metadata.src_node_id)
             if cid is None:
                 continue
             if msg.has_error():
                 log(WARNING, "evaluation of client %s failed: %s", cid, msg.error.reason)
+                failures[cid] = f"client error: {msg.error.reason}"
                 continue
             metrics = msg.content.metric_records.get(self.metricrecord_key)
             if metrics is None:
                 log(WARNING, "evaluation reply of client %s has no metrics: ignored", cid)
+                failures[cid] = "no metrics"
                 continue
             acc = metrics.get(m.ACCURACY)
             if self.session.record_evaluation(
                 server_round, cid, acc, metrics.get(m.NUM_EXAMPLES, 0)
             ):
                 accuracies[cid] = float(acc)
-        self.session.finish_round(server_round, accuracies)
+            else:
+                failures[cid] = f"accuracy is {acc!r}, not a number in [0, 1]"
+        for cid, acc in accuracies.items():
+            self.session.recorder.clients[cid].update(self.diagnostics.client_fields(cid, acc))
+        self.session.finish_round(server_round, accuracies, self.diagnostics.row_fields(accuracies))
+        expected = self._evaluated or [c for c in sent if c is not None]
+        self._evaluated = []
+        check_usable_replies("evaluate", server_round, expected, list(accuracies), failures)
         if not accuracies:
             return None
         mean, std = summarise_accuracies(accuracies)

@@ -12,12 +12,13 @@ from flwr_pfedrlnas.flower.runconfig import load_data
 
 def client_fn(context: Context) -> Client:
     """This node's client: its stable id and its (cached) data loaders."""
-    train_loader, test_loader = load_data(context, int(context.run_config["batch-size"]))
+    train_loader, test_loader, *val = load_data(context, int(context.run_config["batch-size"]))
     return SubnetClient(
         client_id_from_context(context),
         train_loader,
         test_loader,
         node_config=dict(context.node_config),
+        val_loader=val[0] if val else None,
     ).to_client()
 
 

@@ -69,5 +69,5 @@ def handle(
     if handler is None:
         known = sorted(s for k, s in _STEPS if k == kind)
         raise ValueError(f"{NAS_STEP} {step!r} unknown for {kind} messages; known: {known}")
-    train_loader, test_loader = load_data(context, int(config.get(m.BATCH_SIZE, 32)))
+    train_loader, test_loader, *_ = load_data(context, int(config.get(m.BATCH_SIZE, 32)))
     return handler(msg, context, train_loader, test_loader, device_of(device))

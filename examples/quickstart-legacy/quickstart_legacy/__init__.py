@@ -1,0 +1,1 @@
+"""quickstart_legacy: PerFedRLNAS behind Flower's legacy API (NumPyClient, ServerConfig)."""

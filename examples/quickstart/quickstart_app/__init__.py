@@ -1,0 +1,1 @@
+"""quickstart_app: PerFedRLNAS on the embedded Fashion-MNIST with flwr-datasets partitions."""
