@@ -25,6 +25,7 @@ from flwr_pfedrlnas.flower.runconfig import (
     strategy_kwargs,
 )
 from flwr_pfedrlnas.protocol.rounds import bandwidth_bps_of
+from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 
 __all__ = ["METHODS", "make_method", "protocol_kwargs"]
 
@@ -53,6 +54,7 @@ def protocol_kwargs(cfg: RunConfig) -> dict[str, Any]:
         "checkpoint_dir": checkpoint_dir,
         "resume": bool(cfg.get("resume", False)),
         "run_config": dict(cfg),
+        "training": TrainingOptions.from_run_config(cfg),
     }
 
 

@@ -151,6 +151,29 @@ def training_peak_memory(
                 b.copy_(buffers[name])
 
 
+def make_optimizer(
+    params: Iterable[Any],
+    name: str = "sgd",
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> torch.optim.Optimizer:
+    """The clients' optimiser: ``"sgd"`` (with momentum) or ``"adamw"``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {name!r}")
+
+
+def training_options(config: Any) -> dict[str, Any]:
+    """The optimiser and label smoothing a message's config asks for (defaults: SGD, 0)."""
+    smoothing = float(config.get("label-smoothing", 0.0))
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"label-smoothing must be in [0, 1), got {smoothing!r}")
+    return {"optimizer": str(config.get("optimizer", "sgd")), "label_smoothing": smoothing}
+
+
 def run_epochs(
     model: nn.Module,
     loader: Iterable[Any],
@@ -159,8 +182,9 @@ def run_epochs(
     device: str | torch.device = "cpu",
     image_key: str | None = None,
     label_key: str | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, int]:
-    """Cross-entropy SGD steps over ``loader`` for ``epochs`` epochs.
+    """Cross-entropy steps over ``loader`` for ``epochs`` epochs (with label smoothing).
 
     Batches are dicts or ``(images, labels)`` pairs (see :func:`split_batch`).
     Leaves the modules' train/eval modes as the caller set them. Returns the
@@ -172,7 +196,9 @@ def run_epochs(
             images, labels = split_batch(batch, image_key, label_key)
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(images), labels)
+            loss = nn.functional.cross_entropy(
+                model(images), labels, label_smoothing=label_smoothing
+            )
             loss.backward()
             optimizer.step()
             total_loss += float(loss.detach()) * labels.shape[0]
@@ -191,8 +217,10 @@ def train(
     measure_memory: bool = True,
     image_key: str | None = None,
     label_key: str | None = None,
+    optimizer: str = "sgd",
+    label_smoothing: float = 0.0,
 ) -> TrainResult:
-    """Train with SGD for ``epochs`` local epochs; returns mean loss and timing.
+    """Train for ``epochs`` local epochs (SGD or AdamW); returns mean loss and timing.
 
     Batches are dicts or ``(images, labels)`` pairs (see :func:`split_batch`).
     ``seconds`` is the wall time of the training loop itself (the client's
@@ -209,12 +237,12 @@ def train(
         if first is not None:
             images, labels = split_batch(first, image_key, label_key)
             peak = training_peak_memory(model, images, labels, optimizer_slots=1)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+    opt = make_optimizer(model.parameters(), optimizer, lr, momentum, weight_decay)
     model.train()
     start = time.perf_counter()
-    total_loss, total_n = run_epochs(model, loader, optimizer, epochs, device, image_key, label_key)
+    total_loss, total_n = run_epochs(
+        model, loader, opt, epochs, device, image_key, label_key, label_smoothing
+    )
     seconds = time.perf_counter() - start
     num_examples = total_n // max(epochs, 1)
     return TrainResult(

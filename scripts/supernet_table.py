@@ -57,7 +57,9 @@ PAPER_KNOBS: dict[str, dict[str, Any] | None] = {
 
 FAMILIES = ("mobilenetv3", "nasvit", "darts", "elastic-cnn")
 CPU_INPUT = 32  # embedded Fashion-MNIST, padded to 32x32, grayscale
-PAPER_INPUT = {"mobilenetv3": 224, "nasvit": None, "darts": 32}  # None: the arch's resolution
+# Paper rows feed a 32x32 CIFAR image: mobilenetv3 resizes it to 224 itself (resize_input,
+# as the authors), nasvit to the architecture's resolution, darts runs at 32.
+PAPER_INPUT = {"mobilenetv3": 32, "nasvit": 32, "darts": 32}
 
 
 @dataclass
@@ -257,7 +259,11 @@ def markdown(rows: list[Instance], command: str, runtime_s: float) -> str:
         "CPU presets (`flwr_pfedrlnas.supernets.CPU_PRESETS`). Paper: the family defaults "
         "with 3 input channels and 10 classes — `mobilenetv3` at 224x224 (OFA's "
         "MobileNetV3-Large space, 5 stages), "
-        "`nasvit` with its full table (resolutions 192-288), `darts` on 32x32 CIFAR with "
+        "`nasvit` with NASViT's own search space and blocks (resolutions 192-288; its "
+        "supernet config: conv kernels 3/5, 3/5, 3; transformer depths up to 5, 8, 7, 5 "
+        "blocks after the downsampling MBConv, whose expand ratio is searched; MLP ratio 1, "
+        "4x values with a depthwise conv, relative position bias, layer scale; see "
+        "`flwr_pfedrlnas.supernets.nasvit`), `darts` on 32x32 CIFAR with "
         "`init_channels` 16 and 8 cells. `elastic-cnn` has no paper size (—). The knobs of "
         "every instance are in the CSV.",
         "- **Smallest / largest** are the family's `smallest_architecture()` and "
@@ -274,12 +280,14 @@ def markdown(rows: list[Instance], command: str, runtime_s: float) -> str:
         "eval mode under `torch.no_grad()`. It counts convolutions (depthwise and "
         "squeeze-excitation included), linear layers and matrix products — for NASViT that "
         "includes the attention matmuls (QK^T, attention x V) and the talking-heads mixers; "
-        "BatchNorm, LayerNorm, activations, softmax, pooling, residual additions and the "
-        "resize are not counted.",
+        "BatchNorm, LayerNorm, activations, softmax, pooling, residual additions, the "
+        "relative position bias lookup and the resize are not counted.",
         "- **Input.** CPU rows feed a 1x1x32x32 image; the smallest CPU `nasvit` subnet "
-        "resizes it to its resolution 24 itself. Paper rows feed 1x3x224x224 "
-        "(`mobilenetv3`), 1x3x32x32 (`darts`), and for `nasvit` the resolution of the "
-        "architecture: 192x192 for the smallest, 288x288 for the largest.",
+        "resizes it to its resolution 24 itself. Paper rows feed a 1x3x32x32 CIFAR image, "
+        "as the paper-scale runs do: `mobilenetv3` resizes it to 224x224 itself "
+        "(`resize_input`, bilinear, as the authors feed CIFAR to MobileNetV3), `nasvit` to "
+        "the architecture's resolution (bicubic, as NASViT): 192x192 for the smallest, "
+        "288x288 for the largest; `darts` runs at 32x32.",
         "- **Bytes** are the `nbytes` of the extracted subnet state "
         "(`flwr_pfedrlnas.core.aggregation.extract_subnet` / `state_num_bytes`): float32 "
         "weights plus BatchNorm buffers (running mean/var float32, `num_batches_tracked` "

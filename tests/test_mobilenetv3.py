@@ -248,6 +248,8 @@ def test_stem_stride_rule() -> None:
         dict(width_choices=[0.5, 1.5]),
         dict(depth_choices=[]),
         dict(dropout=1.0),
+        dict(resize_input="yes"),
+        dict(interpolation="area"),
     ],
 )
 def test_bad_knobs(knobs) -> None:
@@ -282,3 +284,55 @@ def test_paper_size_on_meta_device() -> None:
     assert shapes["classifier.weight"] == (10, 1280)
     slices = family.subnet_slices(family.smallest_architecture())
     assert set(slices) <= set(shapes)
+
+
+def _final_map_size(net: torch.nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    seen = []
+    hook = net.final_expand.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
+    with torch.no_grad():
+        net(x)
+    hook.remove()
+    return tuple(seen[0])
+
+
+def test_paper_size_resizes_cifar_inputs_to_224() -> None:
+    # The authors resize 32x32 CIFAR images to the family's 224: total stride 32 then
+    # ends on 7x7 (224 / 32), where the raw 32x32 input would end on 1x1.
+    torch.manual_seed(0)
+    resized = get_supernet("mobilenetv3", num_stages=5)
+    raw = get_supernet("mobilenetv3", num_stages=5, resize_input=False)
+    arch = resized.smallest_architecture()
+    x = torch.randn(1, 3, 32, 32)
+    net = resized.build_subnet(arch).eval()
+    assert _final_map_size(net, x) == (7, 7)
+    raw_net = raw.build_subnet(arch).eval()
+    raw_net.load_state_dict(net.state_dict())
+    assert _final_map_size(raw_net, x) == (1, 1)
+    # The resize is exactly torch's bilinear interpolation before the same network.
+    big = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), raw_net(big), rtol=0, atol=0)
+        # An input already at 224 is left alone.
+        torch.testing.assert_close(net(big), raw_net(big), rtol=0, atol=0)
+    bicubic = get_supernet("mobilenetv3", num_stages=5, interpolation="bicubic")
+    cubic_net = bicubic.build_subnet(arch).eval()
+    cubic_net.load_state_dict(net.state_dict())
+    big3 = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(cubic_net(x), raw_net(big3), rtol=0, atol=0)
+
+
+def test_cpu_size_resize_is_a_no_op() -> None:
+    # CPU presets: input_resolution 32 on 32x32 data, so resizing changes nothing.
+    cfg = dict(width_mult=0.35, num_stages=3, input_resolution=32, in_channels=1)
+    on, off = (
+        get_supernet("mobilenetv3", **cfg),
+        get_supernet("mobilenetv3", resize_input=False, **cfg),
+    )
+    arch = on.largest_architecture()
+    net_on, net_off = on.build_subnet(arch).eval(), off.build_subnet(arch).eval()
+    net_off.load_state_dict(net_on.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net_on(x), net_off(x), rtol=0, atol=0)
+    assert on.supernet_shapes() == off.supernet_shapes()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
 from flwr_pfedrlnas.supernets import available_supernets, get_supernet, numpy_to_state
+from flwr_pfedrlnas.supernets._nasvit_blocks import relative_position_index
 from flwr_pfedrlnas.supernets.nasvit import (
     NASVIT_CONV_STAGES,
     NASVIT_VIT_STAGES,
@@ -174,7 +175,9 @@ def test_depth_and_width_select_leading_blocks(families) -> None:
     super_shapes = family.supernet_shapes()
     assert "vit_stages.1.blocks.2.attn.q.weight" in shapes
     assert "vit_stages.1.blocks.3.attn.q.weight" not in shapes
-    assert "vit_stages.1.blocks.6.attn.q.weight" in super_shapes
+    # NASViT's mb5 allows 9 blocks: the downsampling MBConv and 8 transformer blocks.
+    assert "vit_stages.1.blocks.7.attn.q.weight" in super_shapes
+    assert "vit_stages.1.blocks.8.attn.q.weight" not in super_shapes
     assert "conv_stages.1.2.project.conv.weight" in shapes
     assert "conv_stages.1.3.project.conv.weight" not in shapes
     assert shapes["vit_stages.0.downsample.project.conv.weight"][0] == 32
@@ -183,6 +186,12 @@ def test_depth_and_width_select_leading_blocks(families) -> None:
     assert shapes["vit_stages.1.downsample.expand.conv.weight"][1] == 32
     assert shapes["vit_stages.0.blocks.0.attn.mix_logits.weight"] == (4, 4)
     assert super_shapes["vit_stages.0.blocks.0.attn.mix_logits.weight"] == (5, 5)
+    # The relative position table keeps its offsets (rows) and loses heads (columns).
+    assert shapes["vit_stages.0.blocks.0.attn.rel_bias"][1] == 4
+    assert (
+        shapes["vit_stages.0.blocks.0.attn.rel_bias"][0]
+        == super_shapes["vit_stages.0.blocks.0.attn.rel_bias"][0]
+    )
 
 
 def test_fewer_heads_are_leading_rows(families, supernet_states) -> None:
@@ -191,17 +200,22 @@ def test_fewer_heads_are_leading_rows(families, supernet_states) -> None:
     arch["vit1.width"] = 32  # 4 heads instead of 5
     sub = extract_subnet(family, super_state, arch)
     prefix = "vit_stages.0.blocks.0.attn."
-    for name in ("q", "k", "v"):
-        assert sub[prefix + name + ".weight"].shape == (32, 32)
+    # Values are 4x wider (NASViT): head h owns value rows [32 h, 32 (h + 1)).
+    for name, rows in (("q", 32), ("k", 32), ("v", 128)):
+        assert sub[prefix + name + ".weight"].shape == (rows, 32)
         np.testing.assert_array_equal(
-            sub[prefix + name + ".weight"], super_state[prefix + name + ".weight"][:32, :32]
+            sub[prefix + name + ".weight"], super_state[prefix + name + ".weight"][:rows, :32]
         )
         np.testing.assert_array_equal(
-            sub[prefix + name + ".bias"], super_state[prefix + name + ".bias"][:32]
+            sub[prefix + name + ".bias"], super_state[prefix + name + ".bias"][:rows]
         )
     np.testing.assert_array_equal(
-        sub[prefix + "proj.weight"], super_state[prefix + "proj.weight"][:32, :32]
+        sub[prefix + "v_conv.weight"], super_state[prefix + "v_conv.weight"][:128]
     )
+    np.testing.assert_array_equal(
+        sub[prefix + "proj.weight"], super_state[prefix + "proj.weight"][:32, :128]
+    )
+    np.testing.assert_array_equal(sub[prefix + "rel_bias"], super_state[prefix + "rel_bias"][:, :4])
 
     # Functionally: the subnet's heads are the supernet's first heads.
     supernet = family.build_supernet()
@@ -212,10 +226,10 @@ def test_fewer_heads_are_leading_rows(families, supernet_states) -> None:
     small = subnet.vit_stages[0].blocks[0].attn
     assert (big.num_heads, small.num_heads) == (5, 4)
     torch.manual_seed(1)
-    x = torch.randn(2, 7, 32)
+    x = torch.randn(2, 9, 32)  # the tokens of a 3x3 map
     x_pad = F.pad(x, (0, 8))  # the supernet's extra channels are zero
     with torch.no_grad():
-        for name in ("q", "k", "v"):
+        for name in ("q", "k"):
             heads_big = big._heads(getattr(big, name)(x_pad))
             heads_small = small._heads(getattr(small, name)(x))
             torch.testing.assert_close(heads_big[:, :4], heads_small)
@@ -223,8 +237,8 @@ def test_fewer_heads_are_leading_rows(families, supernet_states) -> None:
         # first four, no output weight), the supernet attention is the subnet's.
         big.mix_logits.weight[:4, 4:] = 0
         big.mix_weights.weight[:4, 4:] = 0
-        big.proj.weight[:, 32:] = 0
-        torch.testing.assert_close(big(x_pad)[..., :32], small(x))
+        big.proj.weight[:, 128:] = 0
+        torch.testing.assert_close(big(x_pad, 3, 3)[..., :32], small(x, 3, 3))
 
 
 @pytest.mark.parametrize("kernel,start", [(3, 1), (5, 0)])
@@ -344,9 +358,28 @@ def test_paper_search_space() -> None:
     for j, spec in enumerate(NASVIT_VIT_STAGES, start=1):
         assert space[f"vit{j}.width"].choices == spec.widths
         assert space[f"vit{j}.depth"].choices == spec.depths
-        assert space[f"vit{j}.expand"].choices == (1, 2)
+        assert space[f"vit{j}.expand"].choices == spec.expands
     assert space["vit3.width"].choices == (160, 168, 176, 184)
     assert space["head.width"].choices == (1792, 1984)
+    # NASViT's supernet config, value by value (mb1-mb3 conv stages, mb4-mb7
+    # transformer stages whose depth counts the downsampling MBConv): kernels
+    # 3/5, 3/5, 3; transformer depths 3-6, 3-9, 3-8, 3-6 (blocks after the
+    # MBConv: one less); the expand ratio t of mb4-mb7 is the downsampling
+    # MBConv's (4/5/6, 4/5/6, 6, 6), the MLP ratio is fixed at 1.
+    assert [space[f"conv{i}.kernel"].choices for i in (1, 2, 3)] == [(3, 5), (3, 5), (3,)]
+    assert [space[f"vit{j}.depth"].choices for j in (1, 2, 3, 4)] == [
+        tuple(range(2, 6)),
+        tuple(range(2, 9)),
+        tuple(range(2, 8)),
+        tuple(range(2, 6)),
+    ]
+    assert [space[f"vit{j}.expand"].choices for j in (1, 2, 3, 4)] == [
+        (4, 5, 6),
+        (4, 5, 6),
+        (6,),
+        (6,),
+    ]
+    assert [space[f"conv{i}.expand"].choices for i in (1, 2, 3)] == [(1,), (4, 5, 6), (4, 5, 6)]
 
 
 def test_stem_stride_rule() -> None:
@@ -398,7 +431,10 @@ def test_cpu_instance_trains(families) -> None:
         dict(vit_expand_choices=[[2, 1]] * 4),
         dict(vit_depth_choices=[[0, 1]] * 4),
         dict(dropout=1.0),
-        dict(downsample_expand=0),
+        dict(mlp_ratio=0),
+        dict(value_expand=0),
+        dict(layer_scale_init=0),
+        dict(interpolation="area"),
     ],
 )
 def test_bad_knobs(knobs) -> None:
@@ -426,17 +462,106 @@ def test_paper_size_on_meta_device() -> None:
     assert all(p.is_meta for p in supernet.parameters())
     n_super = sum(p.numel() for p in supernet.parameters())
     n_small = sum(p.numel() for p in smallest.parameters())
-    # NASViT-A0..A5 span a few million to about ten million parameters.
-    assert 6_000_000 < n_super < 14_000_000
+    # NASViT-A0..A5 span about 5 to 10 million parameters with 1000 classes; the
+    # supernet (every stage at its largest depth, mb5 with 8 transformer blocks,
+    # values 4x wide) is larger.
+    assert 10_000_000 < n_super < 20_000_000
     assert 2_000_000 < n_small < n_super
     shapes = family.supernet_shapes()
     assert shapes["stem.conv.weight"] == (24, 3, 3, 3)
-    assert shapes["conv_stages.2.5.dw.conv.weight"] == (240, 1, 5, 5)
+    assert shapes["conv_stages.2.5.dw.conv.weight"] == (240, 1, 3, 3)
     assert shapes["vit_stages.3.blocks.4.attn.q.weight"] == (224, 224)
+    assert shapes["vit_stages.3.blocks.4.attn.v.weight"] == (896, 224)
+    assert shapes["vit_stages.3.blocks.4.attn.v_conv.weight"] == (896, 1, 3, 3)
     assert shapes["vit_stages.3.blocks.4.attn.mix_logits.weight"] == (28, 28)
-    assert shapes["vit_stages.3.blocks.4.mlp.fc1.weight"] == (448, 224)
+    assert shapes["vit_stages.3.blocks.4.mlp1.fc1.weight"] == (224, 224)
+    assert shapes["vit_stages.3.blocks.4.mlp2.fc1.weight"] == (224, 224)
+    assert shapes["vit_stages.3.blocks.4.scale_attn"] == (224,)
+    # 288 / 16 = 18 before the first transformer stage (NASViT's 18x18 window),
+    # then 9, 9 (stride 1) and 5: (2 * side - 1)^2 offsets, one column per head.
+    assert family.relative_table_sides() == [18, 9, 9, 5]
+    assert shapes["vit_stages.0.blocks.0.attn.rel_bias"] == (35 * 35, 9)
+    assert shapes["vit_stages.3.blocks.0.attn.rel_bias"] == (9 * 9, 28)
+    # The transformer stages' downsampling MBConvs expand by the searched ratio.
+    assert shapes["vit_stages.0.downsample.expand.conv.weight"] == (240, 40, 1, 1)
     assert shapes["final_expand.conv.weight"] == (1344, 224, 1, 1)
     assert shapes["feature_mix.weight"] == (1984, 1344)
     assert shapes["classifier.weight"] == (10, 1984)
     slices = family.subnet_slices(family.smallest_architecture())
     assert set(slices) <= set(shapes)
+
+
+def test_relative_position_index_hand_computed() -> None:
+    # A 2x2 map, table side 3 (offsets -2..2 on each axis, 5 x 5 rows): tokens
+    # (0,0), (0,1), (1,0), (1,1); row = (dy + 2) * 5 + (dx + 2).
+    index = relative_position_index(2, 2, 3)
+    assert index.tolist() == [
+        [12, 11, 7, 6],
+        [13, 12, 8, 7],
+        [17, 16, 12, 11],
+        [18, 17, 13, 12],
+    ]
+    # The row depends on the offset only: a 3x3 map's top-left 2x2 tokens see the
+    # same rows, so one table serves every resolution.
+    big = relative_position_index(3, 3, 3)
+    corner = [0, 1, 3, 4]
+    assert big[corner][:, corner].tolist() == index.tolist()
+    with pytest.raises(ValueError, match="4x4"):
+        relative_position_index(4, 4, 3)
+
+
+def test_input_is_resized_bicubically(families) -> None:
+    family = families["c2v2-rgb"]
+    arch = family.largest_architecture()  # resolution 40 on 32x32 inputs
+    net = family.build_subnet(arch).eval()
+    seen = []
+    hook = net.stem.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        net(x)
+    hook.remove()
+    expected = F.interpolate(x, size=(40, 40), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
+    bilinear = get_supernet("nasvit", interpolation="bilinear", **CPU_CONFIGS["c2v2-rgb"])
+    assert bilinear.build_subnet(arch).interpolation == "bilinear"
+
+
+def test_initialisation_as_nasvit(families) -> None:
+    family = families["c2v2-rgb"]
+    torch.manual_seed(0)
+    net = family.build_supernet()
+    state = net.state_dict()
+    # Residual MBConvs (blocks after a stage's first) close on a zero BatchNorm
+    # scale; first blocks and downsampling MBConvs do not.
+    for i, stage in enumerate(net.conv_stages):
+        for b in range(len(stage)):
+            weight = state[f"conv_stages.{i}.{b}.project.bn.weight"]
+            assert bool((weight == 0).all()) == (b > 0), (i, b)
+    assert (state["vit_stages.0.downsample.project.bn.weight"] == 1).all()
+    # So a residual MBConv starts as the identity (eval mode: running statistics).
+    block = net.conv_stages[1][1].eval()
+    x = torch.randn(2, block.project.conv.out_channels, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+    # Layer scales start at 1e-4, the talking heads at the identity.
+    attn = net.vit_stages[0].blocks[0].attn
+    assert (state["vit_stages.0.blocks.0.scale_attn"] == 1e-4).all()
+    assert (state["vit_stages.0.blocks.0.scale_mlp"] == 1e-4).all()
+    assert torch.equal(attn.mix_logits.weight, torch.eye(attn.num_heads))
+    assert 0 < attn.rel_bias.std().item() < 0.05
+
+
+def test_cpu_preset_tables_follow_the_resolution() -> None:
+    # The CPU preset (largest resolution 32, stride-1 stem, conv strides 1 and 2,
+    # first transformer stage stride 2): 32 -> 32 -> 16 -> 8.
+    from flwr_pfedrlnas.supernets import cpu_preset
+
+    family = get_supernet("nasvit", **cpu_preset("nasvit"))
+    assert family.relative_table_sides() == [8]
+    net = family.build_subnet(family.largest_architecture())
+    assert net.vit_stages[0].blocks[0].attn.rel_bias.shape[0] == 15 * 15
+    # The smaller resolution (24 -> 6x6 tokens) indexes the same table.
+    arch = family.largest_architecture()
+    arch["resolution"] = 24
+    assert family.subnet_shapes(arch) == family.subnet_shapes(family.largest_architecture())
+    assert family.build_subnet(arch)(torch.randn(1, 1, 32, 32)).shape == (1, 10)

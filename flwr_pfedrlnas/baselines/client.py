@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader
 from flwr_pfedrlnas.baselines.models import build_model, is_head_key
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
-from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, run_epochs
+from flwr_pfedrlnas.training import (
+    evaluate,
+    make_optimizer,
+    recalibrate_batchnorm,
+    run_epochs,
+    training_options,
+)
 
 __all__ = [
     "FINETUNE_EPOCHS",
@@ -86,8 +92,10 @@ def train_parts(
     device: torch.device | str = "cpu",
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
+    optimizer: str = "sgd",
+    label_smoothing: float = 0.0,
 ) -> tuple[float, int]:
-    """SGD on the parameters whose name satisfies ``trainable``; the rest stays bit-for-bit.
+    """Train the parameters whose name satisfies ``trainable``; the rest stays bit-for-bit.
 
     Frozen parameters get no gradient and are left out of the optimiser (no
     weight decay either). A BatchNorm layer whose parameters are all frozen
@@ -108,7 +116,7 @@ def train_parts(
             params.append(p)
     if epochs <= 0 or not params:
         return float("nan"), 0
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = make_optimizer(params, optimizer, lr, momentum, weight_decay)
     model.train()
     frozen_norms = []
     for name, module in model.named_modules():
@@ -118,7 +126,7 @@ def train_parts(
                 module.track_running_stats = False  # batch statistics, buffers untouched
                 frozen_norms.append(module)
     try:
-        total, n = run_epochs(model, loader, optimizer, epochs, device)
+        total, n = run_epochs(model, loader, opt, epochs, device, label_smoothing=label_smoothing)
     finally:
         for module in frozen_norms:
             module.track_running_stats = True
@@ -219,6 +227,7 @@ def baseline_train(
     dev = _device(device)
     model, method, model_name = _personal_model(msg, context, build, arrayrecord_key)
     epochs, lr = int(config.get(m.LOCAL_EPOCHS, 1)), float(config.get(m.LR, 0.05))
+    options = training_options(config)
 
     def head(k: str) -> bool:
         return is_head_key(model_name, k)
@@ -228,12 +237,12 @@ def baseline_train(
 
     start = time.perf_counter()
     if method == "fedrep":
-        train_parts(model, train_loader, int(config.get(HEAD_EPOCHS, 1)), lr, head, dev)
-        loss, n = train_parts(model, train_loader, epochs, lr, body, dev)
+        train_parts(model, train_loader, int(config.get(HEAD_EPOCHS, 1)), lr, head, dev, **options)
+        loss, n = train_parts(model, train_loader, epochs, lr, body, dev, **options)
     elif method == "fedbabu":
-        loss, n = train_parts(model, train_loader, epochs, lr, body, dev)
+        loss, n = train_parts(model, train_loader, epochs, lr, body, dev, **options)
     else:
-        loss, n = train_parts(model, train_loader, epochs, lr, lambda k: True, dev)
+        loss, n = train_parts(model, train_loader, epochs, lr, lambda k: True, dev, **options)
     _, accuracy, _ = evaluate(model, test_loader, device=dev)
     compute = time.perf_counter() - start
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -285,10 +294,13 @@ def baseline_evaluate(
     model, method, model_name = _personal_model(msg, context, build, arrayrecord_key)
     finetune = int(config.get(FINETUNE_EPOCHS, 0))
     lr = float(config.get(m.LR, 0.05))
+    options = training_options(config)
     if finetune > 0 and method == "fedavg-ft":
-        train_parts(model, train_loader, finetune, lr, lambda k: True, dev)
+        train_parts(model, train_loader, finetune, lr, lambda k: True, dev, **options)
     elif finetune > 0 and method == "fedbabu":
-        train_parts(model, train_loader, finetune, lr, lambda k: is_head_key(model_name, k), dev)
+        train_parts(
+            model, train_loader, finetune, lr, lambda k: is_head_key(model_name, k), dev, **options
+        )
     else:
         finetune = 0
     batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))

@@ -28,6 +28,7 @@ from flwr_pfedrlnas.training import (
     recalibrate_batchnorm,
     split_batch,
     train,
+    training_options,
     training_peak_memory,
 )
 
@@ -136,6 +137,7 @@ def _fit(
             measure_memory=False,
             image_key=keys[0],
             label_key=keys[1],
+            **training_options(config),
         )
         _, accuracy, _ = evaluate(model, test_loader, device, *keys)
         val_accuracy = None

@@ -33,6 +33,7 @@ from flwr_pfedrlnas.flower.failures import (
     validate_min_usable_fraction,
 )
 from flwr_pfedrlnas.flower.session import SearchSession, natural_sorted
+from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["PerFedRLNASLegacy"]
@@ -80,6 +81,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         query_timeout: float = 120.0,
         min_usable_fraction: float = 0.0,
         deployed_dir: str | None = None,
+        training: TrainingOptions | None = None,
     ) -> None:
         super().__init__()
         self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
@@ -100,6 +102,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
             resume=resume,
             run_config=run_config,
             name="PerFedRLNAS (legacy API)",
+            training=training,
         )
         self.family = family
         self.min_available_clients = int(min_available_clients)
@@ -185,7 +188,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         """Sample clients; each gets its own subnet and architecture."""
         by_client = self._identify(client_manager, server_round)
         proposals = self.session.propose_round(server_round, natural_sorted(list(by_client)))
-        extra = self.session.client_config()
+        extra = self.session.client_config(server_round=server_round)
         self._sent = {}
         instructions = []
         for p in proposals:

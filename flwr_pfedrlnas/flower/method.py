@@ -17,6 +17,7 @@ from flwr_pfedrlnas.flower.driver import MethodDriver
 from flwr_pfedrlnas.flower.replies import check_metrics
 from flwr_pfedrlnas.protocol.results import RunRecorder
 from flwr_pfedrlnas.protocol.rounds import RoundSchedule
+from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 
 __all__ = ["Method"]
 
@@ -61,6 +62,10 @@ class Method:
         Seconds to wait for the identity answers and for each exchange.
     arrayrecord_key, configrecord_key, metricrecord_key : str
         Record names of the messages (default: "arrays", "config", "metrics").
+    training : TrainingOptions | None (default: None)
+        The clients' learning-rate schedule across rounds, optimiser and label
+        smoothing (:class:`~flwr_pfedrlnas.protocol.training_options.TrainingOptions`);
+        ``None``: constant lr, SGD, no smoothing.
     """
 
     method = "method"
@@ -87,6 +92,7 @@ class Method:
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
         metricrecord_key: str = "metrics",
+        training: TrainingOptions | None = None,
     ) -> None:
         checks = {
             "clients_per_round": clients_per_round >= 1,
@@ -120,6 +126,7 @@ class Method:
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
         self.metricrecord_key = metricrecord_key
+        self.training = training or TrainingOptions()
         self.schedule = RoundSchedule(0, self.evaluate_every)
         self.driver = MethodDriver(self)
 
@@ -202,7 +209,7 @@ class Method:
         return {
             m.SERVER_ROUND: int(server_round),
             m.LOCAL_EPOCHS: self.local_epochs,
-            m.LR: self.lr,
+            **self.training.config(self.lr, server_round, self.schedule.num_rounds),
             m.BATCH_SIZE: self.batch_size,
             m.BN_RECALIBRATION_BATCHES: self.bn_recalibration_batches,
         }

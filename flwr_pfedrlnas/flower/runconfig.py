@@ -21,6 +21,7 @@ from flwr_pfedrlnas.data.datasets import (
     make_val_loader,
 )
 from flwr_pfedrlnas.flower.failures import validate_min_usable_fraction
+from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
 
@@ -201,6 +202,7 @@ def strategy_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
         "resume": bool(cfg["resume"]),
         "run_config": dict(cfg),
         # Absent (older apps): 0.0, a round fails only when no reply was usable.
+        "training": TrainingOptions.from_run_config(cfg),
         "min_usable_fraction": validate_min_usable_fraction(
             cfg.get("min-usable-fraction", 0.0), "min-usable-fraction"
         ),

@@ -22,6 +22,7 @@ from flwr_pfedrlnas.core.search_space import architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.identity import natural_sorted
 from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
+from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["SearchSession", "natural_sorted"]
@@ -55,6 +56,7 @@ class SearchSession:
         profiles: ProfileDistribution | None = None,
         num_new_clients: int = 0,
         new_client_rounds: int = 0,
+        training: TrainingOptions | None = None,
     ) -> None:
         checks = {
             "clients_per_round": clients_per_round >= 1,
@@ -74,6 +76,7 @@ class SearchSession:
         self.clients_per_round = int(clients_per_round)
         self.local_epochs = int(local_epochs)
         self.lr = float(lr)
+        self.training = training or TrainingOptions()
         self.batch_size = int(batch_size)
         self.evaluate_every = int(evaluate_every)
         self.bn_recalibration_batches = int(bn_recalibration_batches)
@@ -157,12 +160,22 @@ class SearchSession:
         return self.is_last_round(server_round) or round_no % self.evaluate_every == 0
 
     # ------------------------------------------------------------------ round
-    def client_config(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Training settings sent to every client (user config overrides)."""
+    def client_config(
+        self, extra: Mapping[str, Any] | None = None, server_round: int | None = None
+    ) -> dict[str, Any]:
+        """Training settings sent to every client (user config overrides).
+
+        The learning rate follows the training options' schedule across the
+        run's (global) rounds; without ``server_round`` it is the base ``lr``.
+        """
         config: dict[str, Any] = {
             m.LOCAL_EPOCHS: self.local_epochs,
-            m.LR: self.lr,
             m.BATCH_SIZE: self.batch_size,
+            **self.training.config(
+                self.lr,
+                1 if server_round is None else self.global_round(server_round),
+                None if server_round is None else self.total_rounds,
+            ),
         }
         config.update(dict(extra or {}))
         return config

@@ -35,6 +35,7 @@ from flwr_pfedrlnas.flower.failures import (
 from flwr_pfedrlnas.flower.identity import identify_clients
 from flwr_pfedrlnas.flower.session import SearchSession
 from flwr_pfedrlnas.protocol.results import summarise_accuracies
+from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["PerFedRLNAS"]
@@ -135,6 +136,10 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         minus the random subnets' mean), ``random-subnet-accuracy`` and
         ``largest-subnet-accuracy``. 0 subnets: off (the apps' run config turns
         them on with ``diagnostic-subnets = 2``).
+    training : TrainingOptions | None (default: None)
+        The clients' learning-rate schedule across rounds, optimiser and label
+        smoothing (:class:`~flwr_pfedrlnas.protocol.training_options.TrainingOptions`),
+        the same options every baseline takes.
     """
 
     def __init__(
@@ -165,6 +170,7 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         deployed_dir: str | None = None,
         diagnostic_subnets: int = 0,
         diagnose_every: int = 0,
+        training: TrainingOptions | None = None,
     ) -> None:
         self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
         if not 0.0 <= fraction_evaluate <= 1.0:
@@ -187,6 +193,7 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
             profiles=profiles,
             num_new_clients=num_new_clients,
             new_client_rounds=new_client_rounds,
+            training=training,
         )
         self.family = family
         self.min_available_nodes = int(min_available_nodes)
@@ -328,7 +335,7 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
                 self.search.supernet = self.search._checked_supernet(m.record_to_arrays(arrays))
         clients = self._identify(grid)
         proposals = self.session.propose_round(server_round, clients)
-        extra = self.session.client_config(config)  # per client: + client_extras
+        extra = self.session.client_config(config, server_round)  # per client: + client_extras
         round_no = self.session.global_round(server_round)
         self._sent = {}
         self._sent_messages = {}

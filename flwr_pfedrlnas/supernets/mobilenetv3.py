@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
@@ -59,6 +60,7 @@ _STEM_CHANNELS = 16  # stem conv 3x3 (hardswish) and the fixed first block
 _FINAL_EXPAND_RATIO = 6  # final 1x1 conv: 6 x last stage width (960 for 160)
 _HEAD_CHANNELS = 1280  # hidden width of the classifier head
 _LOW_RES_THRESHOLD = 64  # at or below this input size, the stem has stride 1
+INTERPOLATION_MODES = ("bilinear", "bicubic", "nearest")
 
 
 class _FirstBlock(nn.Module):
@@ -74,10 +76,16 @@ class _FirstBlock(nn.Module):
 
 
 class _MobileNetV3(PooledHeadNet):
-    """A MobileNetV3 of one architecture (the supernet is the largest one)."""
+    """A MobileNetV3 of one architecture (the supernet is the largest one).
+
+    With ``resize_to`` set, the forward pass first resizes inputs of another
+    size to ``resize_to`` x ``resize_to`` (``interpolation``); it has no weights.
+    """
 
     def __init__(
         self,
+        resize_to: int | None,
+        interpolation: str,
         stem: ConvBNAct,
         first_block: _FirstBlock,
         stages: nn.ModuleList,
@@ -87,12 +95,20 @@ class _MobileNetV3(PooledHeadNet):
         dropout: float,
     ) -> None:
         super().__init__()
+        self.resize_to = resize_to
+        self.interpolation = interpolation
         self.stem = stem
         self.first_block = first_block
         self.stages = stages
         self.add_head(final_expand, head_channels, num_classes, dropout, "hardswish")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize_to is not None and tuple(x.shape[-2:]) != (self.resize_to,) * 2:
+            # align_corners only exists for the interpolating modes
+            corners = None if self.interpolation == "nearest" else False
+            x = F.interpolate(
+                x, size=(self.resize_to,) * 2, mode=self.interpolation, align_corners=corners
+            )
         x = self.first_block(self.stem(x))
         for stage in self.stages:
             x = stage(x)
@@ -157,6 +173,14 @@ class MobileNetV3Family(SupernetFamily):
         Input height and width. Above 64 the stem has stride 2 (MobileNetV3);
         at 64 or below it has stride 1, so that a 32x32 input with all five
         stages ends at 2x2 instead of 1x1 (total stride 16 instead of 32).
+    resize_input : bool (default: True)
+        Resize every input whose size differs from ``input_resolution`` to it
+        first, as the authors feed 32x32 CIFAR images to the 224x224
+        MobileNetV3 (7x7 before pooling rather than 1x1). A no-op when the
+        data already has that size (the CPU presets: 32x32 data,
+        ``input_resolution`` 32); ``False`` feeds inputs as they are.
+    interpolation : {"bilinear", "bicubic", "nearest"} (default: "bilinear")
+        Resampling of ``resize_input`` (bilinear: torchvision's ``Resize``).
     num_classes : int (default: 10)
         Classifier outputs.
     in_channels : int (default: 3)
@@ -187,6 +211,8 @@ class MobileNetV3Family(SupernetFamily):
         depth_choices: Sequence[int] = (2, 3, 4),
         width_choices: Sequence[float] = (0.65, 0.8, 1.0),
         dropout: float = 0.2,
+        resize_input: bool = True,
+        interpolation: str = "bilinear",
     ) -> None:
         if isinstance(width_mult, bool) or not width_mult > 0:
             raise ValueError(f"width_mult must be positive, got {width_mult!r}")
@@ -204,6 +230,12 @@ class MobileNetV3Family(SupernetFamily):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(resize_input, bool):
+            raise ValueError(f"resize_input must be true or false, got {resize_input!r}")
+        if interpolation not in INTERPOLATION_MODES:
+            raise ValueError(
+                f"interpolation must be one of {list(INTERPOLATION_MODES)}, got {interpolation!r}"
+            )
         kernels = _sorted_choices("kernel_choices", kernel_choices, int, 1)
         if any(k % 2 == 0 for k in kernels):
             raise ValueError(f"kernel_choices must be odd, got {kernels}")
@@ -225,6 +257,8 @@ class MobileNetV3Family(SupernetFamily):
             depth_choices=depths,
             width_choices=widths,
             dropout=float(dropout),
+            resize_input=resize_input,
+            interpolation=interpolation,
         )
         self._space = SearchSpace(
             Dimension(f"stage{i}.{field}", tuple(choices))
@@ -298,6 +332,8 @@ class MobileNetV3Family(SupernetFamily):
         final_ch = make_divisible(_FINAL_EXPAND_RATIO * max_outs[-1])
         final_expand = ConvBNAct(in_ch, final_ch, 1, activation="hardswish")
         net = _MobileNetV3(
+            cfg["input_resolution"] if cfg["resize_input"] else None,
+            cfg["interpolation"],
             stem,
             first_block,
             stages,

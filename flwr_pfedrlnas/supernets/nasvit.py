@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
 from flwr_pfedrlnas.supernets import register_supernet
-from flwr_pfedrlnas.supernets._layers import (
-    DIVISOR,
-    ConvBNAct,
-    InvertedResidual,
-    PooledHeadNet,
-    init_weights,
-    make_divisible,
+from flwr_pfedrlnas.supernets._choices import (
+    choice_list,
+    is_int,
+    scaled_choices,
+    stage_choice_lists,
+)
+from flwr_pfedrlnas.supernets._layers import DIVISOR, ConvBNAct, InvertedResidual, make_divisible
+from flwr_pfedrlnas.supernets._nasvit_blocks import (
+    NASViTNet,
+    TransformerBlock,
+    ViTStage,
+    init_nasvit,
 )
 from flwr_pfedrlnas.supernets.base import SupernetFamily
 
@@ -70,7 +74,7 @@ class ViTStageSpec:
     depths : tuple[int, ...]
         Transformer block count choices (after the downsampling MBConv).
     expands : tuple[float, ...]
-        MLP expand ratio choices.
+        Expand ratio choices of the downsampling MBConv (NASViT's ``t``).
     stride : int
         Stride of the stage's downsampling MBConv.
     use_se : bool
@@ -84,249 +88,84 @@ class ViTStageSpec:
     use_se: bool
 
 
-# NASViT's search space (paper Table 1 / the authors' supernet config). The
-# paper counts the downsampling MBConv in a transformer stage's depth; here
-# ``depths`` counts the transformer blocks only (paper depth - 1).
+# NASViT's search space, stage by stage as its supernet config (``mb1`` to
+# ``mb7``) lists it. NASViT counts the downsampling MBConv in a transformer
+# stage's depth; here ``depths`` counts the transformer blocks only (its depth
+# minus one: mb4 3-6, mb5 3-9, mb6 3-8, mb7 3-6).
 NASVIT_CONV_STAGES: tuple[ConvStageSpec, ...] = (
     ConvStageSpec((16, 24), (1, 2), (3, 5), (1,), 1, False),
     ConvStageSpec((24, 32), (3, 4, 5), (3, 5), (4, 5, 6), 2, False),
-    ConvStageSpec((32, 40), (3, 4, 5, 6), (3, 5), (4, 5, 6), 2, True),
+    ConvStageSpec((32, 40), (3, 4, 5, 6), (3,), (4, 5, 6), 2, True),
 )
 NASVIT_VIT_STAGES: tuple[ViTStageSpec, ...] = (
-    ViTStageSpec((64, 72), (2, 3, 4, 5), (1, 2), 2, False),
-    ViTStageSpec((112, 120, 128), (2, 3, 4, 5, 6, 7), (1, 2), 2, True),
-    ViTStageSpec((160, 168, 176, 184), (2, 3, 4, 5, 6, 7), (1, 2), 1, True),
-    ViTStageSpec((208, 216, 224), (2, 3, 4, 5), (1, 2), 2, True),
+    ViTStageSpec((64, 72), (2, 3, 4, 5), (4, 5, 6), 2, False),
+    ViTStageSpec((112, 120, 128), (2, 3, 4, 5, 6, 7, 8), (4, 5, 6), 2, True),
+    ViTStageSpec((160, 168, 176, 184), (2, 3, 4, 5, 6, 7), (6,), 1, True),
+    ViTStageSpec((208, 216, 224), (2, 3, 4, 5), (6,), 2, True),
 )
 
 _RESOLUTIONS = (192, 224, 256, 288)
 _STEM_WIDTHS = (16, 24)
 _HEAD_WIDTHS = (1792, 1984)  # NASViT's "MBPool" (feature mix) widths
 _HEAD_DIM = 8
-_DOWNSAMPLE_EXPAND = 6
+_MLP_RATIO = 1  # NASViT's transformer MLPs keep the width (hidden = dim)
+_VALUE_EXPAND = 4  # NASViT's values are 4x the width
+_LAYER_SCALE_INIT = 1e-4
 _FINAL_EXPAND_RATIO = 6  # final 1x1 conv: 6 x last stage width
 _LOW_RES_THRESHOLD = 64  # at or below this (largest) resolution the stem has stride 1
-_POS_KERNEL = 3  # depthwise positional-encoding conv
 _DOWNSAMPLE_KERNEL = 3
-
-
-def _is_int(value: Any) -> bool:
-    """Whether ``value`` is an integral number (``bool`` excluded)."""
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and float(value) == int(value)
-    )
-
-
-def _choices(name: str, values: Any, kind: type, minimum: float) -> list[Any]:
-    """Validate a choice list: numbers (integers for ``int``), >= ``minimum``, increasing.
-
-    For ``kind=float`` integral values are returned as ``int`` (``[1, 2]`` stays
-    ``[1, 2]``, ``1.5`` stays a float), so that JSON round trips are stable.
-    """
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a list, got {values!r}")
-    if len(values) == 0:
-        raise ValueError(f"{name} must not be empty")
-    out: list[Any] = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{name}: choice {v!r} is not a number")
-        if kind is int and not _is_int(v):
-            raise ValueError(f"{name}: choice {v!r} is not an integer")
-        v = int(v) if _is_int(v) else float(v)
-        if v < minimum:
-            raise ValueError(f"{name}: choice {v!r} is below {minimum}")
-        out.append(v)
-    if any(b <= a for a, b in zip(out, out[1:])):
-        raise ValueError(f"{name} must be strictly increasing, got {out}")
-    return out
-
-
-def _stage_choices(
-    name: str, values: Any, num_stages: int, kind: type, minimum: float
-) -> list[list[Any]]:
-    """Validate per-stage choice lists; keep the first ``num_stages`` of them."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a list of per-stage lists, got {values!r}")
-    if len(values) < num_stages:
-        raise ValueError(f"{name} has choices for {len(values)} stage(s), {num_stages} needed")
-    return [
-        _choices(f"{name}[{i}]", stage, kind, minimum)
-        for i, stage in enumerate(values[:num_stages])
-    ]
-
-
-def _scaled(values: Sequence[float], mult: float, divisor: int) -> tuple[int, ...]:
-    """Channel choices scaled by ``mult`` and rounded; duplicates after rounding dropped."""
-    return tuple(sorted({make_divisible(v * mult, divisor) for v in values}))
-
-
-class _Attention(nn.Module):
-    """Multi-head self-attention with talking heads (NASViT).
-
-    ``q``, ``k`` and ``v`` are separate projections, so head ``h`` owns rows
-    ``[h * head_dim, (h + 1) * head_dim)`` of each: fewer heads are the leading
-    rows, and ``proj`` reads the leading input columns. The talking-heads
-    mixers (``mix_logits`` before the softmax, ``mix_weights`` after it) act on
-    the head axis, so fewer heads are their leading rows and columns.
-    """
-
-    def __init__(self, dim: int, head_dim: int) -> None:
-        super().__init__()
-        self.num_heads = dim // head_dim
-        self.head_dim = head_dim
-        self.scale = head_dim**-0.5
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.mix_logits = nn.Linear(self.num_heads, self.num_heads, bias=False)
-        self.mix_weights = nn.Linear(self.num_heads, self.num_heads, bias=False)
-        self.proj = nn.Linear(dim, dim)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
-        logits = (q * self.scale) @ k.transpose(-2, -1)  # (b, heads, n, n)
-        logits = self.mix_logits(logits.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        weights = logits.softmax(dim=-1)
-        weights = self.mix_weights(weights.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        out = (weights @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(out)
-
-
-class _MLP(nn.Module):
-    """Linear, SiLU, linear (hidden = leading channels of the largest hidden)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.SiLU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class _TransformerBlock(nn.Module):
-    """Depthwise-conv positional encoding, then pre-norm attention and MLP.
-
-    Works on ``(batch, channels, height, width)`` feature maps; the positional
-    encoding is a residual depthwise 3x3 convolution (conditional positional
-    encoding), so no weight depends on the input resolution.
-    """
-
-    def __init__(self, dim: int, head_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.pos = nn.Conv2d(dim, dim, _POS_KERNEL, padding=_POS_KERNEL // 2, groups=dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = _Attention(dim, head_dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _MLP(dim, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos(x)
-        b, c, h, w = x.shape
-        t = x.flatten(2).transpose(1, 2)
-        t = t + self.attn(self.norm1(t))
-        t = t + self.mlp(self.norm2(t))
-        return t.transpose(1, 2).reshape(b, c, h, w)
-
-
-class _ViTStage(nn.Module):
-    """A downsampling MBConv followed by transformer blocks."""
-
-    def __init__(self, downsample: InvertedResidual, blocks: nn.Sequential) -> None:
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = blocks
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.downsample(x))
-
-
-class _NASViT(PooledHeadNet):
-    """A NASViT network of one architecture (the supernet is the largest one).
-
-    The forward pass first resizes the input to ``resolution`` (bilinear), as
-    NASViT does for every sampled resolution; the resolution has no weights.
-    """
-
-    def __init__(
-        self,
-        resolution: int,
-        stem: ConvBNAct,
-        conv_stages: nn.ModuleList,
-        vit_stages: nn.ModuleList,
-        final_expand: ConvBNAct,
-        head_channels: int,
-        num_classes: int,
-        dropout: float,
-    ) -> None:
-        super().__init__()
-        self.resolution = resolution
-        self.stem = stem
-        self.conv_stages = conv_stages
-        self.vit_stages = vit_stages
-        self.add_head(final_expand, head_channels, num_classes, dropout, "silu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = (self.resolution, self.resolution)
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        x = self.stem(x)
-        for stage in self.conv_stages:
-            x = stage(x)
-        for stage in self.vit_stages:
-            x = stage(x)
-        return self.forward_head(x)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Kaiming (fan-out) convolutions, unit norms, truncated-normal linears.
-
-    The talking-heads mixers start as the identity (plain multi-head attention).
-    """
-    init_weights(module, lambda weight: nn.init.trunc_normal_(weight, std=0.02))
-    for m in module.modules():
-        if isinstance(m, _Attention):
-            nn.init.eye_(m.mix_logits.weight)
-            nn.init.eye_(m.mix_weights.weight)
+INTERPOLATION_MODES = ("bicubic", "bilinear", "nearest")
 
 
 @register_supernet
 class NASViTFamily(SupernetFamily):
     """NASViT supernet: a conv stem, MBConv stages, transformer stages, a head.
 
-    The network is a 3x3 stem conv (SiLU), the first ``num_conv_stages`` MBConv
-    stages of :data:`NASVIT_CONV_STAGES`, the first ``num_vit_stages``
-    transformer stages of :data:`NASVIT_VIT_STAGES` (each a downsampling MBConv,
-    kernel 3, expand ``downsample_expand``, then transformer blocks), a 1x1
-    expand conv to 6x the last width, global pooling, a linear "feature mix"
-    layer (SiLU), dropout and the classifier. A transformer block is a residual
-    depthwise 3x3 positional-encoding conv, pre-norm multi-head self-attention
-    with talking heads (``width // head_dim`` heads; separate q, k, v
-    projections) and a pre-norm MLP (hidden = ``width * expand``). The forward
-    pass first resizes the input to the architecture's resolution (bilinear).
+    The network follows NASViT's supernet (its config and dynamic model): a
+    3x3 stem conv (SiLU), the first ``num_conv_stages`` MBConv stages of
+    :data:`NASVIT_CONV_STAGES`, the first ``num_vit_stages`` transformer stages
+    of :data:`NASVIT_VIT_STAGES` (each a downsampling MBConv, kernel 3, expand
+    ratio searched, then transformer blocks), a 1x1 expand conv to 6x the last
+    width, global pooling, a linear "feature mix" layer (SiLU), dropout and the
+    classifier. A transformer block is pre-norm attention and two pre-norm MLPs
+    (hidden = ``mlp_ratio`` x width, 1 in NASViT), each residual scaled by a
+    learned per-channel layer scale (``layer_scale_init``). Attention has
+    ``width // head_dim`` heads, separate q, k, v projections, values
+    ``value_expand`` times wider with a depthwise 3x3 conv on them, a relative
+    position bias per head, talking heads before and after the softmax, and a
+    SiLU before the output projection. The forward pass first resizes the
+    input to the architecture's resolution (``interpolation``: bicubic, as
+    NASViT). MBConv blocks after a stage's first are residual, and the
+    BatchNorm closing each of them starts at zero.
 
-    Search dimensions (choices ordered small to large; widths are channel
-    counts after ``width_mult`` and rounding, duplicates dropped):
-    ``resolution``; ``stem.width``; per MBConv stage ``i`` (1-based)
-    ``conv{i}.width``, ``conv{i}.depth``, ``conv{i}.kernel`` (centre crop of
-    the largest depthwise kernel), ``conv{i}.expand``; per transformer stage
-    ``j`` ``vit{j}.width``, ``vit{j}.depth`` (transformer blocks after the
-    downsampling MBConv: the paper's depth minus one), ``vit{j}.expand`` (MLP
-    ratio); ``head.width`` (feature-mix width). Every subnet tensor is the
-    leading slice (centre crop for kernels) of the supernet tensor of the same
-    key, and the supernet is the network of the largest architecture; the
-    resolution has no weights. Keys use 0-based stage indices, e.g.
-    ``conv_stages.1.0.dw.conv.weight``, ``vit_stages.0.downsample.project.conv.weight``,
-    ``vit_stages.0.blocks.2.attn.q.weight``.
+    The relative position bias has one row per offset ``(dy, dx)`` of the
+    largest map the stage can see (from the largest resolution and the
+    strides), so it is the same tensor for every resolution and
+    architecture, and fewer heads are its leading columns.
+
+    Differences from NASViT kept, and why:
+
+    - A stage's first MBConv has no shortcut (NASViT adds average pooling and
+      a 1x1 conv where shapes change): whether that conv is used depends on
+      the sampled widths, so a subnet would carry an unused weight, or the
+      supernet a weight that its largest subnet lacks.
+    - One layer-scale vector per residual (NASViT indexes a table by the
+      stage's active depth and the token count modulo 8): a weight chosen by
+      the token count would tie the weights to the resolution.
+    - LayerNorm normalises each token (NASViT's dynamic code normalises over
+      tokens and channels together).
+    - The talking-heads mixers start as the identity (plain multi-head
+      attention at the start). Training recipes (drop path, sandwich rule,
+      distillation) are the training loop's, not the supernet's.
+
+    Search dimensions (choices small to large; widths after ``width_mult`` and
+    rounding): ``resolution``, ``stem.width``, ``conv{i}.width/depth/kernel/expand``,
+    ``vit{j}.width/depth/expand`` (depth: transformer blocks after the
+    downsampling MBConv, NASViT's depth minus one; expand: that MBConv's ratio)
+    and ``head.width``. Every subnet tensor is the leading slice (centre crop
+    for kernels) of the supernet tensor of the same key; the supernet is the
+    largest architecture's network; the resolution has no weights. Keys use
+    0-based stage indices, e.g. ``vit_stages.0.blocks.2.attn.q.weight``.
 
     Parameters
     ----------
@@ -357,11 +196,18 @@ class NASViTFamily(SupernetFamily):
         all 1 has no expand conv.
     vit_width_choices, vit_depth_choices, vit_expand_choices : list[list]
         Per transformer stage choice lists (default: the NASViT table, depths
-        counting transformer blocks only); the first ``num_vit_stages`` are used.
+        counting transformer blocks only, expand ratios of the downsampling
+        MBConv); the first ``num_vit_stages`` are used.
     head_width_choices : list[int] (default: [1792, 1984])
         Feature-mix width at ``width_mult=1``.
-    downsample_expand : float (default: 6)
-        Expand ratio of each transformer stage's downsampling MBConv.
+    mlp_ratio : float (default: 1)
+        Hidden width of the transformer MLPs over the block width (fixed).
+    value_expand : int (default: 4)
+        Width of the attention values over the block width.
+    layer_scale_init : float (default: 1e-4)
+        Initial value of the layer scales (positive).
+    interpolation : {"bicubic", "bilinear", "nearest"} (default: "bicubic")
+        Resampling of the input to the architecture's resolution.
     dropout : float (default: 0.2)
         Dropout before the classifier.
     """
@@ -387,7 +233,10 @@ class NASViTFamily(SupernetFamily):
         vit_depth_choices: Sequence[Sequence[int]] | None = None,
         vit_expand_choices: Sequence[Sequence[float]] | None = None,
         head_width_choices: Sequence[int] = _HEAD_WIDTHS,
-        downsample_expand: float = _DOWNSAMPLE_EXPAND,
+        mlp_ratio: float = _MLP_RATIO,
+        value_expand: int = _VALUE_EXPAND,
+        layer_scale_init: float = _LAYER_SCALE_INIT,
+        interpolation: str = "bicubic",
         dropout: float = 0.2,
     ) -> None:
         if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)):
@@ -401,8 +250,9 @@ class NASViTFamily(SupernetFamily):
             ("in_channels", in_channels),
             ("head_dim", head_dim),
             ("channel_divisor", channel_divisor),
+            ("value_expand", value_expand),
         ):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{knob} must be a positive integer, got {value!r}")
         n_conv, n_vit = int(num_conv_stages), int(num_vit_stages)
         if n_conv > len(NASVIT_CONV_STAGES):
@@ -417,52 +267,41 @@ class NASViTFamily(SupernetFamily):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if isinstance(downsample_expand, bool) or not isinstance(downsample_expand, (int, float)):
-            raise ValueError(f"downsample_expand must be a number, got {downsample_expand!r}")
-        if not downsample_expand > 0:
-            raise ValueError(f"downsample_expand must be positive, got {downsample_expand!r}")
+        for knob, value in (("mlp_ratio", mlp_ratio), ("layer_scale_init", layer_scale_init)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{knob} must be a positive number, got {value!r}")
+        if interpolation not in INTERPOLATION_MODES:
+            raise ValueError(
+                f"interpolation must be one of {list(INTERPOLATION_MODES)}, got {interpolation!r}"
+            )
 
         def table(value: Any, field: str, stages: Sequence[Any]) -> Any:
             # ``None``: the NASViT table's choices for every stage.
             return [list(getattr(s, field)) for s in stages] if value is None else value
 
         conv_t, vit_t = NASVIT_CONV_STAGES, NASVIT_VIT_STAGES
-        resolutions = _choices("resolution_choices", resolution_choices, int, 1)
-        stem_widths = _choices("stem_width_choices", stem_width_choices, int, 1)
-        head_widths = _choices("head_width_choices", head_width_choices, int, 1)
-        conv_widths = _stage_choices(
-            "conv_width_choices", table(conv_width_choices, "widths", conv_t), n_conv, int, 1
-        )
-        conv_depths = _stage_choices(
-            "conv_depth_choices", table(conv_depth_choices, "depths", conv_t), n_conv, int, 1
-        )
-        conv_kernels = _stage_choices(
-            "conv_kernel_choices",
-            table(conv_kernel_choices, "kernels", conv_t),
-            n_conv,
-            int,
-            1,
-        )
-        if any(k % 2 == 0 for stage in conv_kernels for k in stage):
-            raise ValueError(f"conv_kernel_choices must be odd, got {conv_kernels}")
-        conv_expands = _stage_choices(
-            "conv_expand_choices",
-            table(conv_expand_choices, "expands", conv_t),
-            n_conv,
-            float,
-            1,
-        )
-        vit_widths = _stage_choices(
-            "vit_width_choices", table(vit_width_choices, "widths", vit_t), n_vit, int, 1
-        )
-        vit_depths = _stage_choices(
-            "vit_depth_choices", table(vit_depth_choices, "depths", vit_t), n_vit, int, 1
-        )
-        vit_expands = _stage_choices(
-            "vit_expand_choices", table(vit_expand_choices, "expands", vit_t), n_vit, float, 0
-        )
-        if any(e <= 0 for stage in vit_expands for e in stage):
-            raise ValueError(f"vit_expand_choices must be positive, got {vit_expands}")
+        resolutions = choice_list("resolution_choices", resolution_choices, int, 1)
+        stem_widths = choice_list("stem_width_choices", stem_width_choices, int, 1)
+        head_widths = choice_list("head_width_choices", head_width_choices, int, 1)
+        stage = {
+            knob: stage_choice_lists(knob, table(value, field, specs), len_, kind, low)
+            for knob, value, field, specs, len_, kind, low in (
+                ("conv_width_choices", conv_width_choices, "widths", conv_t, n_conv, int, 1),
+                ("conv_depth_choices", conv_depth_choices, "depths", conv_t, n_conv, int, 1),
+                ("conv_kernel_choices", conv_kernel_choices, "kernels", conv_t, n_conv, int, 1),
+                ("conv_expand_choices", conv_expand_choices, "expands", conv_t, n_conv, float, 1),
+                ("vit_width_choices", vit_width_choices, "widths", vit_t, n_vit, int, 1),
+                ("vit_depth_choices", vit_depth_choices, "depths", vit_t, n_vit, int, 1),
+                ("vit_expand_choices", vit_expand_choices, "expands", vit_t, n_vit, float, 0),
+            )
+        }
+        if any(k % 2 == 0 for choices in stage["conv_kernel_choices"] for k in choices):
+            raise ValueError(f"conv_kernel_choices must be odd, got {stage['conv_kernel_choices']}")
+        if any(e <= 0 for choices in stage["vit_expand_choices"] for e in choices):
+            raise ValueError(
+                f"vit_expand_choices must be positive, got {stage['vit_expand_choices']}"
+            )
+        ratio = int(mlp_ratio) if is_int(mlp_ratio) else float(mlp_ratio)
 
         super().__init__(
             width_mult=float(width_mult),
@@ -474,38 +313,32 @@ class NASViTFamily(SupernetFamily):
             head_dim=int(head_dim),
             channel_divisor=int(channel_divisor),
             stem_width_choices=stem_widths,
-            conv_width_choices=conv_widths,
-            conv_depth_choices=conv_depths,
-            conv_kernel_choices=conv_kernels,
-            conv_expand_choices=conv_expands,
-            vit_width_choices=vit_widths,
-            vit_depth_choices=vit_depths,
-            vit_expand_choices=vit_expands,
+            **stage,
             head_width_choices=head_widths,
-            downsample_expand=int(downsample_expand)
-            if _is_int(downsample_expand)
-            else float(downsample_expand),
+            mlp_ratio=ratio,
+            value_expand=int(value_expand),
+            layer_scale_init=float(layer_scale_init),
+            interpolation=interpolation,
             dropout=float(dropout),
         )
         mult, div, hd = float(width_mult), int(channel_divisor), int(head_dim)
         dims = [
             Dimension("resolution", tuple(resolutions)),
-            Dimension("stem.width", _scaled(stem_widths, mult, div)),
+            Dimension("stem.width", scaled_choices(stem_widths, mult, div)),
         ]
-        for i in range(n_conv):
-            dims += [
-                Dimension(f"conv{i + 1}.width", _scaled(conv_widths[i], mult, div)),
-                Dimension(f"conv{i + 1}.depth", tuple(conv_depths[i])),
-                Dimension(f"conv{i + 1}.kernel", tuple(conv_kernels[i])),
-                Dimension(f"conv{i + 1}.expand", tuple(conv_expands[i])),
-            ]
-        for j in range(n_vit):
-            dims += [
-                Dimension(f"vit{j + 1}.width", _scaled(vit_widths[j], mult, hd)),
-                Dimension(f"vit{j + 1}.depth", tuple(vit_depths[j])),
-                Dimension(f"vit{j + 1}.expand", tuple(vit_expands[j])),
-            ]
-        dims.append(Dimension("head.width", _scaled(head_widths, mult, div)))
+        for prefix, n, fields in (
+            ("conv", n_conv, ("width", "depth", "kernel", "expand")),
+            ("vit", n_vit, ("width", "depth", "expand")),
+        ):
+            # Widths are channel counts: MBConv ones multiples of the divisor,
+            # transformer ones of the head dimension.
+            for i in range(n):
+                for field in fields:
+                    choices = stage[f"{prefix}_{field}_choices"][i]
+                    if field == "width":
+                        choices = scaled_choices(choices, mult, div if prefix == "conv" else hd)
+                    dims.append(Dimension(f"{prefix}{i + 1}.{field}", tuple(choices)))
+        dims.append(Dimension("head.width", scaled_choices(head_widths, mult, div)))
         self._space = SearchSpace(dims)
 
     @property
@@ -517,6 +350,23 @@ class NASViTFamily(SupernetFamily):
     def stem_stride(self) -> int:
         """Stride of the stem: 1 if the largest resolution is 64 or less, else 2."""
         return 2 if max(self._config["resolution_choices"]) > _LOW_RES_THRESHOLD else 1
+
+    def relative_table_sides(self) -> list[int]:
+        """Per transformer stage, the side of the largest map its blocks see.
+
+        From the largest resolution through the strides (a stride-2 conv with
+        ``k // 2`` padding maps ``n`` to ``ceil(n / 2)``); each stage's relative
+        position tables cover offsets up to this side (18 for the first
+        stage of the paper-size space at 288, as NASViT's 18x18 window).
+        """
+        side = math.ceil(max(self._config["resolution_choices"]) / self.stem_stride)
+        for spec in NASVIT_CONV_STAGES[: self._config["num_conv_stages"]]:
+            side = math.ceil(side / spec.stride)
+        sides = []
+        for spec in NASVIT_VIT_STAGES[: self._config["num_vit_stages"]]:
+            side = math.ceil(side / spec.stride)
+            sides.append(side)
+        return sides
 
     def build_supernet(self) -> nn.Module:
         """The network of the largest architecture (holds every shared weight)."""
@@ -564,14 +414,14 @@ class NASViTFamily(SupernetFamily):
             conv_stages.append(nn.Sequential(*blocks))
 
         vit_stages = nn.ModuleList()
-        for j in range(cfg["num_vit_stages"]):
+        for j, side in enumerate(self.relative_table_sides()):
             spec = NASVIT_VIT_STAGES[j]
             width = int(arch[f"vit{j + 1}.width"])
-            hidden = make_divisible(width * arch[f"vit{j + 1}.expand"], div)
+            hidden = make_divisible(width * cfg["mlp_ratio"], div)
             downsample = InvertedResidual(
                 in_ch,
                 width,
-                make_divisible(in_ch * cfg["downsample_expand"], div),
+                make_divisible(in_ch * arch[f"vit{j + 1}.expand"], div),
                 _DOWNSAMPLE_KERNEL,
                 spec.stride,
                 "silu",
@@ -581,16 +431,25 @@ class NASViTFamily(SupernetFamily):
             )
             blocks = nn.Sequential(
                 *(
-                    _TransformerBlock(width, cfg["head_dim"], hidden)
+                    TransformerBlock(
+                        width,
+                        cfg["head_dim"],
+                        hidden,
+                        cfg["value_expand"],
+                        side,
+                        cfg["layer_scale_init"],
+                        "silu",
+                    )
                     for _ in range(int(arch[f"vit{j + 1}.depth"]))
                 )
             )
-            vit_stages.append(_ViTStage(downsample, blocks))
+            vit_stages.append(ViTStage(downsample, blocks))
             in_ch = width
 
         final_expand = ConvBNAct(in_ch, _FINAL_EXPAND_RATIO * in_ch, 1, activation="silu")
-        net = _NASViT(
+        net = NASViTNet(
             int(arch["resolution"]),
+            cfg["interpolation"],
             stem,
             conv_stages,
             vit_stages,
@@ -599,5 +458,5 @@ class NASViTFamily(SupernetFamily):
             cfg["num_classes"],
             cfg["dropout"],
         )
-        _init_weights(net)
+        init_nasvit(net)
         return net
