@@ -68,7 +68,12 @@ def plot_accuracy(
     title: str = "Personalised accuracy",
     label: str = "PerFedRLNAS",
 ) -> Path | None:
-    """Mean ± std personalised accuracy against round and against simulated time."""
+    """Mean ± std personalised accuracy against round and against simulated time.
+
+    Where the rounds carry search diagnostics (``random-subnet-accuracy`` and
+    ``largest-subnet-accuracy``), both are drawn beside the deployed accuracy
+    on the round axis, so the search gain is the gap a reader sees.
+    """
     needed = {"round", "accuracy-mean", "accuracy-std", "latency-total-s"}
     if rounds.empty or not needed <= set(rounds.columns):
         return None
@@ -92,6 +97,13 @@ def plot_accuracy(
         ax.set_ylabel("accuracy (mean ± std over clients)")
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
+    for column, style, name in (
+        ("random-subnet-accuracy", "s", "random subnets (mean)"),
+        ("largest-subnet-accuracy", "^", "largest subnet"),
+    ):
+        if column in data.columns and data[column].notna().any():
+            diag = data.dropna(subset=[column])
+            axes[0].plot(diag["round"], diag[column], style, ms=6, ls="none", label=name)
     axes[0].legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
