@@ -728,3 +728,27 @@ def test_checkpoint_never_unpickles(tmp_path):
     np.savez(tmp_path / meta["supernet_file"], evil=np.array([object()], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
         PerFedRLNASSearch.read_checkpoint(tmp_path)
+
+
+def test_legacy_sends_each_client_its_simulated_device():
+    from flwr_pfedrlnas.core.profiles import ProfileDistribution
+
+    profiles = ProfileDistribution(seed=3, memory_budget_choices_mb=(64.0,))
+    strategy = PerFedRLNASLegacy(
+        _family(),
+        clients_per_round=3,
+        min_available_clients=3,
+        fraction_evaluate=0.0,
+        search_config=SearchConfig(seed=0),
+        query_timeout=1.0,
+        profiles=profiles,
+    )
+    manager = SimpleClientManager()
+    for node, cfg in NODES.items():
+        manager.register(FakeProxy(str(node), cfg["client-id"]))
+    instructions = strategy.configure_fit(1, strategy._supernet_parameters(), manager)
+    assert len(instructions) == 3
+    for proxy, ins in instructions:
+        assert ins.config[m.MEMORY_BUDGET_BYTES] == 64.0 * 2**20, proxy.cid
+    expected = profiles.profiles(["alice", "bob", "carol"])
+    assert strategy.search.profiles == expected  # they enter the round time too

@@ -22,6 +22,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search import ClientReply, SearchConfig
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_from_json
 from flwr_pfedrlnas.deployed import DeployedModels
@@ -58,7 +59,10 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
     supernet's) is saved in ``deployed_dir`` after every evaluation round.
 
     Parameters are those of :class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS`
-    (``min_available_nodes`` is ``min_available_clients`` here).
+    (``min_available_nodes`` is ``min_available_clients`` here), simulated
+    device ``profiles`` included. Not here: new clients' search-only rounds
+    and the search diagnostics, which need messages outside the legacy
+    ``configure_fit`` / ``configure_evaluate`` loop.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         min_usable_fraction: float = 0.0,
         deployed_dir: str | None = None,
         training: TrainingOptions | None = None,
+        profiles: ProfileDistribution | None = None,
     ) -> None:
         super().__init__()
         self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
@@ -103,6 +108,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
             run_config=run_config,
             name="PerFedRLNAS (legacy API)",
             training=training,
+            profiles=profiles,
         )
         self.family = family
         self.min_available_clients = int(min_available_clients)
@@ -187,7 +193,8 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Sample clients; each gets its own subnet and architecture."""
         by_client = self._identify(client_manager, server_round)
-        proposals = self.session.propose_round(server_round, natural_sorted(list(by_client)))
+        clients = self.session.training_clients(list(by_client))  # fixes the device profiles
+        proposals = self.session.propose_round(server_round, clients)
         extra = self.session.client_config(server_round=server_round)
         self._sent = {}
         instructions = []
@@ -195,7 +202,9 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
             proxy = by_client[p.client_id]
             ins = FitIns(
                 ndarrays_to_parameters(list(p.state.values())),
-                self._config(p.arch, server_round, extra),
+                self._config(
+                    p.arch, server_round, {**extra, **self.session.client_extras(p.client_id)}
+                ),
             )
             instructions.append((proxy, ins))
             self._sent[proxy.cid] = (p.client_id, p.arch)

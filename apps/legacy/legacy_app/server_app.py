@@ -6,6 +6,7 @@ from flwr.app import Context
 from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import ServerApp
 
+from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
 from flwr_pfedrlnas.flower.runconfig import family_from_run_config, strategy_kwargs
 
@@ -16,6 +17,7 @@ def server_fn(context: Context) -> ServerAppComponents:
     strategy = PerFedRLNASLegacy(
         family_from_run_config(cfg),
         min_available_clients=int(cfg["num-clients"]),
+        profiles=ProfileDistribution.from_run_config(cfg),
         **strategy_kwargs(cfg),
     )
     num_rounds = strategy.remaining_rounds(int(cfg["num-server-rounds"]))
