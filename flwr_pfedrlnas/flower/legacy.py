@@ -33,7 +33,7 @@ from flwr_pfedrlnas.flower.failures import (
     raise_unidentified,
     validate_min_usable_fraction,
 )
-from flwr_pfedrlnas.flower.session import SearchSession, natural_sorted
+from flwr_pfedrlnas.flower.session import natural_sorted, session_from
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
@@ -92,24 +92,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
-        self.session = SearchSession(
-            family,
-            search_config,
-            clients_per_round=clients_per_round,
-            local_epochs=local_epochs,
-            lr=lr,
-            batch_size=batch_size,
-            evaluate_every=evaluate_every,
-            bn_recalibration_batches=bn_recalibration_batches,
-            finetune_epochs=finetune_epochs,
-            results_dir=results_dir,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            run_config=run_config,
-            name="PerFedRLNAS (legacy API)",
-            training=training,
-            profiles=profiles,
-        )
+        self.session = session_from(family, search_config, "PerFedRLNAS (legacy API)", locals())
         self.family = family
         self.min_available_clients = int(min_available_clients)
         self.fraction_evaluate = float(fraction_evaluate)

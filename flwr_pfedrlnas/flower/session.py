@@ -25,7 +25,7 @@ from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, w
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
-__all__ = ["SearchSession", "natural_sorted"]
+__all__ = ["SESSION_SETTINGS", "SearchSession", "natural_sorted", "session_from"]
 
 
 class SearchSession:
@@ -495,3 +495,34 @@ class SearchSession:
             "resumed-from-round": self.resumed_from,
             "run-config": self.run_config,
         }
+
+
+# The strategies' constructor arguments that are the session's own settings.
+SESSION_SETTINGS = (
+    "clients_per_round",
+    "local_epochs",
+    "lr",
+    "batch_size",
+    "evaluate_every",
+    "bn_recalibration_batches",
+    "finetune_epochs",
+    "results_dir",
+    "checkpoint_dir",
+    "resume",
+    "run_config",
+    "profiles",
+    "num_new_clients",
+    "new_client_rounds",
+    "training",
+)
+
+
+def session_from(
+    family: SupernetFamily,
+    search_config: SearchConfig | None,
+    name: str,
+    settings: Mapping[str, Any],
+) -> SearchSession:
+    """The session of a strategy: the ``SESSION_SETTINGS`` found in ``settings``."""
+    kwargs = {k: settings[k] for k in SESSION_SETTINGS if k in settings}
+    return SearchSession(family, search_config, name=name, **kwargs)

@@ -33,7 +33,7 @@ from flwr_pfedrlnas.flower.failures import (
     validate_min_usable_fraction,
 )
 from flwr_pfedrlnas.flower.identity import identify_clients
-from flwr_pfedrlnas.flower.session import SearchSession
+from flwr_pfedrlnas.flower.session import session_from
 from flwr_pfedrlnas.protocol.results import summarise_accuracies
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
@@ -175,26 +175,7 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
-        self.session = SearchSession(
-            family,
-            search_config,
-            clients_per_round=clients_per_round,
-            local_epochs=local_epochs,
-            lr=lr,
-            batch_size=batch_size,
-            evaluate_every=evaluate_every,
-            bn_recalibration_batches=bn_recalibration_batches,
-            finetune_epochs=finetune_epochs,
-            results_dir=results_dir,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            run_config=run_config,
-            name="PerFedRLNAS",
-            profiles=profiles,
-            num_new_clients=num_new_clients,
-            new_client_rounds=new_client_rounds,
-            training=training,
-        )
+        self.session = session_from(family, search_config, "PerFedRLNAS", locals())
         self.family = family
         self.min_available_nodes = int(min_available_nodes)
         self.fraction_evaluate = float(fraction_evaluate)
