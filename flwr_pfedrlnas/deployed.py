@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from flwr_pfedrlnas.core.aggregation import extract_subnet
+from flwr_pfedrlnas.core.checkpoint import atomic_write
 from flwr_pfedrlnas.core.policy import ArchitecturePolicy
 from flwr_pfedrlnas.core.search_space import (
     Architecture,
@@ -44,11 +45,6 @@ from flwr_pfedrlnas.core.search_space import (
     architecture_to_json,
 )
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
-
-try:  # the checkpoint module owns the atomic write where it exists
-    from flwr_pfedrlnas.core.checkpoint import atomic_write as _atomic_write
-except ImportError:  # pragma: no cover - older layout
-    from flwr_pfedrlnas.core.search import _atomic_write
 
 __all__ = [
     "DEPLOYED_FORMAT",
@@ -131,7 +127,7 @@ def _stem(client_id: str) -> str:
 
 def _write_json(path: Path, obj: Any) -> None:
     data = json.dumps(obj, indent=1, sort_keys=True).encode()
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_deployed(directory: str | os.PathLike, models: Mapping[str, DeployedModel]) -> Path:
@@ -150,7 +146,7 @@ def save_deployed(directory: str | os.PathLike, models: Mapping[str, DeployedMod
         stem = _stem(str(cid))
         weights = f"{stem}-r{int(model.round):06d}.npz"
         arrays = {k: np.asarray(v) for k, v in model.state.items()}
-        _atomic_write(directory / weights, lambda f, a=arrays: np.savez(f, **a))
+        atomic_write(directory / weights, lambda f, a=arrays: np.savez(f, **a))
         _write_json(directory / f"{stem}.json", model.metadata(weights))
         for old in directory.glob(f"{stem}-r*.npz"):
             if old.name != weights:

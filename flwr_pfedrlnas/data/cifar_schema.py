@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flwr_pfedrlnas.data.sources import EMBEDDED_NPZ, dataset_info
+from flwr_pfedrlnas.data.sources import CIFAR10_CLASSES, EMBEDDED_NPZ, dataset_info
 
 if TYPE_CHECKING:  # imported lazily at run time: `datasets` is slow to import
     import datasets
@@ -34,18 +34,6 @@ _NATIVE = 28  # side of the embedded images
 _SOURCE_CLASSES = 10
 _FINE_PER_SOURCE = 10  # CIFAR-100 schema: fine labels per embedded class
 _FINE_PER_COARSE = 5  # CIFAR-100: 20 superclasses of 5 classes each
-_CIFAR10_NAMES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
 
 
 def _check(name: str, value: object, ok: bool, rule: str) -> None:
@@ -115,7 +103,7 @@ def _features(num_classes: int, source_names: tuple[str, ...]) -> datasets.Featu
 
     if num_classes == 10:
         return datasets.Features(
-            {"img": datasets.Image(), "label": datasets.ClassLabel(names=list(_CIFAR10_NAMES))}
+            {"img": datasets.Image(), "label": datasets.ClassLabel(names=list(CIFAR10_CLASSES))}
         )
     fine = [f"{name} {k}" for name in source_names for k in range(_FINE_PER_SOURCE)]
     coarse = [f"superclass {j}" for j in range(len(fine) // _FINE_PER_COARSE)]

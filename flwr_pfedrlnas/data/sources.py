@@ -13,6 +13,7 @@ import numpy as np
 from flwr_pfedrlnas.data.hub import HUB_SPECS, hub_to_arrays, load_hub_split
 
 __all__ = [
+    "CIFAR10_CLASSES",
     "DEBIAN_FASHION_MNIST_DIR",
     "EMBEDDED_NPZ",
     "SOURCES",
@@ -44,7 +45,7 @@ _FASHION_CLASSES = (
     "Bag",
     "Ankle boot",
 )
-_CIFAR10_CLASSES = (
+CIFAR10_CLASSES = (
     "airplane",
     "automobile",
     "bird",
@@ -230,7 +231,7 @@ def _load_hub(source: str, data_dir: str | None = None) -> SourceData:
             channels=3,
             image_size=images.shape[-1],
             resolution=images.shape[-1],
-            class_names=names if source == "cifar100" else _CIFAR10_CLASSES,
+            class_names=names if source == "cifar100" else CIFAR10_CLASSES,
             mean=mean,
             std=std,
             hub_path=data_dir or spec.path,
@@ -255,7 +256,7 @@ def dataset_info(source: str) -> DatasetInfo:
         channels=3,
         image_size=32,
         resolution=32,
-        class_names=_CIFAR10_CLASSES if source == "cifar10" else tuple(map(str, range(100))),
+        class_names=CIFAR10_CLASSES if source == "cifar10" else tuple(map(str, range(100))),
         mean=mean,
         std=std,
         hub_path=HUB_SPECS[source].path,

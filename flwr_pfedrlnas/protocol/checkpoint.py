@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,11 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from flwr_pfedrlnas.core.checkpoint import atomic_write
+from flwr_pfedrlnas.core.checkpoint import (
+    atomic_write,
+    read_arrays_checkpoint,
+    write_arrays_checkpoint,
+)
 
 __all__ = ["atomic_write", "prefixed", "read_checkpoint", "unprefixed", "write_checkpoint"]
 
-STATE_FILE = "state.json"
+ARRAYS_STEM = "arrays"
 
 
 def write_checkpoint(
@@ -23,41 +26,19 @@ def write_checkpoint(
     meta: Mapping[str, Any],
     tag: str,
 ) -> Path:
-    """Save ``arrays`` (one .npz named by ``tag``) and ``meta`` (``state.json``).
+    """Save ``arrays`` as ``arrays-<tag>.npz`` and ``meta`` as ``state.json``, atomically.
 
-    ``state.json`` is renamed last and names the array file it belongs to, so
-    a crash at any point leaves the previous checkpoint whole and readable;
-    older array files are removed once the new state is in place. Nothing is
-    pickled: ``meta`` must be JSON.
+    The core's format (:func:`~flwr_pfedrlnas.core.checkpoint.write_arrays_checkpoint`):
+    a crash at any point leaves the previous checkpoint whole; nothing is pickled.
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(dict(meta, arrays_file=f"arrays-{tag}.npz"), indent=1, sort_keys=True)
-    name = f"arrays-{tag}.npz"
-    atomic_write(
-        directory / name, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-    )
-    atomic_write(directory / STATE_FILE, lambda f: f.write(text.encode()))
-    for old in directory.glob("arrays-*.npz"):
-        if old.name != name:
-            old.unlink(missing_ok=True)
-    return directory
+    return write_arrays_checkpoint(directory, arrays, meta, ARRAYS_STEM, tag)
 
 
 def read_checkpoint(
     directory: str | os.PathLike,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """``(arrays, meta)`` of the checkpoint in ``directory``, or ``None`` if there is none."""
-    directory = Path(directory)
-    state = directory / STATE_FILE
-    if not state.exists():
-        return None
-    meta = json.loads(state.read_text())
-    if "arrays_file" not in meta:
-        raise ValueError(f"{state} is not a checkpoint of this format (no 'arrays_file')")
-    with np.load(directory / meta["arrays_file"], allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return arrays, meta
+    return read_arrays_checkpoint(directory, ARRAYS_STEM)
 
 
 def prefixed(prefix: str, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
