@@ -177,3 +177,51 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def flwr_run_to_end(
+    tmp_path: Path,
+    app: Path,
+    run_configs: list[str],
+    num_supernodes: int,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[int, list[dict], str]:
+    """``flwr run app --stream`` to the end on a private managed SuperLink, then stop it.
+
+    The SuperLink gets its own ``FLWR_HOME`` and free ports; everything the run
+    started is found by that ``FLWR_HOME`` and stopped by pid (a test fails if
+    anything is left). Returns ``flwr run``'s exit code, the runs as ``flwr ls``
+    reports them (``flwr run --stream`` exits 0 whether the run failed or not)
+    and the log.
+    """
+    import pytest
+
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    (flwr_home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+    )
+    env = {**flwr_env(flwr_home), **(extra_env or {})}
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    log_path = tmp_path / "flwr-run.log"
+    marker = ("FLWR_HOME", str(flwr_home))
+    procs: list[subprocess.Popen] = []
+    federation = f"num-supernodes={num_supernodes} client-resources-num-cpus=1"
+    args = [str(BIN / "flwr"), "run", str(app), "--stream", "--federation-config", federation]
+    for config in run_configs:
+        args += ["--run-config", config]
+    try:
+        run = start_logged(args, env, tmp_path, log_path)
+        procs.append(run)
+        try:
+            run.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            tail = log_path.read_text(errors="replace")[-6000:]
+            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{tail}")
+        runs = run_status(env)
+    finally:
+        leftovers = stop_processes(procs, marker=marker)
+    assert not leftovers, [cmdline(p) for p in leftovers]
+    assert not pids_with_env(*marker)
+    return run.returncode, runs, log_path.read_text(errors="replace")

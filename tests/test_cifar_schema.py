@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.resources
-import subprocess
-from pathlib import Path
 
 import datasets as hf_datasets
 import numpy as np
@@ -249,74 +247,28 @@ def test_bad_folders_name_the_folder_or_the_column(tmp_path, cifar10_dir):
 # ------------------------------------------------------------- flwr run, two rounds
 @pytest.mark.slow
 def test_flwr_run_on_the_cifar10_schema_folder(tmp_path):
-    from flwr_processes import (
-        APP,
-        BIN,
-        RUN_TIMEOUT,
-        SUPERNET_CONFIG,
-        cmdline,
-        flwr_env,
-        free_port,
-        pids_with_env,
-        run_status,
-        start_logged,
-        stop_processes,
-    )
+    from flwr_processes import APP, SUPERNET_CONFIG, flwr_run_to_end
 
     data_dir = save_cifar_schema(tmp_path / "cifar10", 10, train_per_class=40, test_per_class=5)
-    flwr_home = tmp_path / "flwr-home"
-    flwr_home.mkdir()
-    (flwr_home / "config.toml").write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-    )
     results = tmp_path / "results"
-    env = flwr_env(flwr_home)
-    env["HF_DATASETS_CACHE"] = str(tmp_path / "hf-cache")
-    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
-    log_path = tmp_path / "flwr-run.log"
-    marker = ("FLWR_HOME", str(flwr_home))
-    procs: list[subprocess.Popen] = []
-    try:
-        run = start_logged(
-            [
-                str(BIN / "flwr"),
-                "run",
-                str(APP),
-                "--stream",
-                "--federation-config",
-                "num-supernodes=3 client-resources-num-cpus=1",
-                "--run-config",
-                "num-server-rounds=2 num-clients=3 clients-per-round=2 "
-                f"dataset='cifar10' data-dir='{data_dir}' dirichlet-alpha=0.3 "
-                f"results-dir='{results}'",
-                "--run-config",
-                f"supernet-config='{SUPERNET_CONFIG}'",
-            ],
-            env,
-            tmp_path,
-            log_path,
-        )
-        procs.append(run)
-        try:
-            run.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{_tail(log_path)}")
-        assert run.returncode == 0, _tail(log_path)
-        runs = run_status(env)
-        assert [r["status"] for r in runs] == ["finished:completed"], (_tail(log_path), runs)
-        rounds = pd.read_csv(results / "rounds.csv")
-        assert list(rounds["round"]) == [1, 2]
-        assert (rounds["num-accepted"] == 2).all()
-        assert (rounds["num-evaluated"] == 3).all()
-        # The server sized the supernet for 3-channel input and 10 classes.
-        config = (results / "config.json").read_text()
-        assert '"in_channels": 3' in config and '"num_classes": 10' in config
-    finally:
-        leftovers = stop_processes(procs, marker=marker)
-    assert not leftovers, [cmdline(p) for p in leftovers]
-    assert not pids_with_env(*marker)
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-6000:]
+    returncode, runs, log = flwr_run_to_end(
+        tmp_path,
+        APP,
+        [
+            "num-server-rounds=2 num-clients=3 clients-per-round=2 "
+            f"dataset='cifar10' data-dir='{data_dir}' dirichlet-alpha=0.3 "
+            f"results-dir='{results}'",
+            f"supernet-config='{SUPERNET_CONFIG}'",
+        ],
+        num_supernodes=3,
+        extra_env={"HF_DATASETS_CACHE": str(tmp_path / "hf-cache")},
+    )
+    assert returncode == 0, log[-6000:]
+    assert [r["status"] for r in runs] == ["finished:completed"], (log[-6000:], runs)
+    rounds = pd.read_csv(results / "rounds.csv")
+    assert list(rounds["round"]) == [1, 2]
+    assert (rounds["num-accepted"] == 2).all()
+    assert (rounds["num-evaluated"] == 3).all()
+    # The server sized the supernet for 3-channel input and 10 classes.
+    config = (results / "config.json").read_text()
+    assert '"in_channels": 3' in config and '"num_classes": 10' in config

@@ -9,23 +9,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from flwr_processes import (
-    BIN,
-    REPO,
-    RUN_TIMEOUT,
-    cmdline,
-    flwr_env,
-    free_port,
-    run_status,
-    start_logged,
-    stop_processes,
-)
+from flwr_processes import REPO, flwr_run_to_end
 
 from flwr_pfedrlnas.deployed import read_all_deployed
 
@@ -37,48 +26,8 @@ ROUNDS = 2
 
 def _flwr_run(tmp_path: Path, app: Path, run_config: str) -> tuple[list[dict], str]:
     """``flwr run app`` to the end on a private managed SuperLink; (runs, log)."""
-    flwr_home = tmp_path / "flwr-home"
-    flwr_home.mkdir()
-    (flwr_home / "config.toml").write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-    )
-    env = flwr_env(flwr_home)
-    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
-    log_path = tmp_path / "flwr-run.log"
-    marker = ("FLWR_HOME", str(flwr_home))
-    procs: list[subprocess.Popen] = []
-    try:
-        run = start_logged(
-            [
-                str(BIN / "flwr"),
-                "run",
-                str(app),
-                "--stream",
-                "--federation-config",
-                f"num-supernodes={NUM_SUPERNODES} client-resources-num-cpus=1",
-                "--run-config",
-                run_config,
-            ],
-            env,
-            tmp_path,
-            log_path,
-        )
-        procs.append(run)
-        try:
-            run.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{_tail(log_path)}")
-        # `flwr run --stream` exits 0 whether the run failed or not: ask the SuperLink.
-        runs = run_status(env)
-    finally:
-        leftovers = stop_processes(procs, marker=marker)
-    assert not leftovers, [cmdline(p) for p in leftovers]
-    return runs, log_path.read_text(errors="replace")
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-6000:]
+    _, runs, log = flwr_run_to_end(tmp_path, app, [run_config], NUM_SUPERNODES)
+    return runs, log
 
 
 def _config(results: Path) -> str:
