@@ -28,7 +28,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from flwr_pfedrlnas.core.search_space import (
     architecture_to_json,
 )
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
+from flwr_pfedrlnas.supernets.keep import personal_keys
 
 __all__ = [
     "DEPLOYED_FORMAT",
@@ -80,6 +81,9 @@ class DeployedModel:
         The round after which the model was cut.
     batchnorm_statistics : str (default: "supernet")
         ``"client"`` or ``"supernet"``: where the running statistics come from.
+    kept_on_client : list[str] (default: [])
+        Subnet keys of the blocks the client keeps personal (share-or-keep):
+        not in ``state``; the client holds them, :meth:`build` needs them.
     """
 
     client_id: str
@@ -88,6 +92,7 @@ class DeployedModel:
     state: dict[str, np.ndarray]
     round: int
     batchnorm_statistics: str = "supernet"
+    kept_on_client: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.batchnorm_statistics not in BATCHNORM_SOURCES:
@@ -96,10 +101,21 @@ class DeployedModel:
                 f"not one of {BATCHNORM_SOURCES}"
             )
 
-    def build(self) -> nn.Module:
-        """A plain ``nn.Module`` (the family's ``build_subnet``), these weights, eval mode."""
+    def build(self, personal: Mapping[str, np.ndarray] | None = None) -> nn.Module:
+        """A plain ``nn.Module`` (the family's ``build_subnet``), these weights, eval mode.
+
+        ``personal``: the tensors of :attr:`kept_on_client` (the client's own),
+        required when there are any.
+        """
+        missing = [k for k in self.kept_on_client if k not in (personal or {})]
+        if missing:
+            raise ValueError(
+                f"client {self.client_id!r} keeps {len(missing)} tensor(s) of its deployed "
+                f"model personal (e.g. {missing[0]!r}): pass them as personal=..."
+            )
         model = self.family.build_subnet(self.arch)
-        state = {k: torch.from_numpy(np.array(v)) for k, v in self.state.items()}
+        both = {**self.state, **{k: (personal or {})[k] for k in self.kept_on_client}}
+        state = {k: torch.from_numpy(np.array(v)) for k, v in both.items()}
         model.load_state_dict(state, strict=True)
         return model.eval()
 
@@ -116,6 +132,7 @@ class DeployedModel:
             "batchnorm-statistics": self.batchnorm_statistics,
             "weights": weights_file,
             "keys": list(self.state),
+            "kept-on-client": list(self.kept_on_client),
         }
 
 
@@ -205,12 +222,20 @@ def _read_one(directory: Path, client_id: str, meta_file: str) -> DeployedModel:
         state=state,
         round=int(meta["round"]),
         batchnorm_statistics=str(meta["batchnorm-statistics"]),
+        kept_on_client=list(meta.get("kept-on-client", [])),
     )
 
 
-def load_deployed(directory: str | os.PathLike, client_id: str) -> nn.Module:
-    """The deployed model of ``client_id`` as a plain ``nn.Module`` in eval mode."""
-    return read_deployed(directory, client_id).build()
+def load_deployed(
+    directory: str | os.PathLike,
+    client_id: str,
+    personal: Mapping[str, np.ndarray] | None = None,
+) -> nn.Module:
+    """The deployed model of ``client_id`` as a plain ``nn.Module`` in eval mode.
+
+    ``personal``: the tensors the client keeps (share-or-keep), when it keeps any.
+    """
+    return read_deployed(directory, client_id).build(personal)
 
 
 _BATCHNORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -248,9 +273,12 @@ class DeployedModels:
         family = self.search.family
         shapes = family.subnet_shapes(arch)
         kept: dict[str, np.ndarray] = {}
+        personal = personal_keys(family, arch)
         for key, value in buffers.items():
             if key not in shapes or not key.endswith(_BATCHNORM_BUFFERS):
                 return f"{key!r} is not a BatchNorm buffer of the deployed subnet"
+            if key in personal:
+                return f"{key!r} belongs to a block the client keeps personal"
             array = np.asarray(value)
             if tuple(array.shape) != tuple(shapes[key]):
                 return f"{key!r} has shape {tuple(array.shape)}, not {tuple(shapes[key])}"
@@ -278,4 +306,5 @@ class DeployedModels:
         if reported is not None and reported[:2] == (architecture_to_json(arch), rounds):
             state.update({k: v.copy() for k, v in reported[2].items()})
             source = "client" if reported[2] else "supernet"
-        return DeployedModel(cid, self.search.family, arch, state, rounds, source)
+        kept = [k for k in self.search.family.subnet_shapes(arch) if k not in state]
+        return DeployedModel(cid, self.search.family, arch, state, rounds, source, kept)

@@ -67,7 +67,7 @@ def _pfedrlnas(cfg: RunConfig) -> Any:
     from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 
     return PerFedRLNAS(
-        family_from_run_config(dict(cfg)),
+        family_from_run_config(dict(cfg), share_or_keep=True),
         min_available_nodes=int(cfg["num-clients"]),
         **strategy_kwargs(dict(cfg)),
         **message_api_kwargs(dict(cfg)),

@@ -22,6 +22,12 @@ from torch.utils.data import DataLoader
 from flwr_pfedrlnas.baselines.models import build_model, is_head_key
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.flower.personal import (
+    load_personal,
+    personal_file,
+    personal_record_key,
+    save_personal,
+)
 from flwr_pfedrlnas.training import (
     evaluate,
     make_optimizer,
@@ -54,7 +60,7 @@ IN_CHANNELS = "in-channels"
 SEED = "seed"
 HEAD_EPOCHS = "head-epochs"
 FINETUNE_EPOCHS = m.FINETUNE_EPOCHS
-CLIENT_STATE_DIR = "client-state-dir"
+CLIENT_STATE_DIR = m.CLIENT_STATE_DIR
 
 # load_data(context, batch_size) -> (train_loader, test_loader)
 LoadData = Callable[[Context, int], tuple[DataLoader, DataLoader]]
@@ -63,7 +69,7 @@ BuildModel = Callable[[ConfigRecord], nn.Module]
 
 def personal_key(method: str) -> str:
     """Key of the method's personal ArrayRecord in ``context.state``."""
-    return f"personal-{method}"
+    return personal_record_key(method)
 
 
 def build_from_config(config: ConfigRecord | dict[str, Any]) -> nn.Module:
@@ -137,32 +143,15 @@ def train_parts(
 
 def _state_file(config, context: Context, method: str) -> Path | None:
     directory = str(config.get(CLIENT_STATE_DIR, ""))
-    if not directory:
-        return None
-    return Path(directory) / f"{client_id_from_context(context)}.{method}.pt"
+    return personal_file(directory, client_id_from_context(context), method)
 
 
 def _load_personal(context: Context, config, method: str) -> dict[str, torch.Tensor] | None:
-    key = personal_key(method)
-    if key in context.state.array_records:
-        return context.state.array_records[key].to_torch_state_dict()
-    path = _state_file(config, context, method)
-    if path is not None and path.exists():
-        state = torch.load(path, weights_only=True)
-        context.state[key] = ArrayRecord(state)
-        return state
-    return None
+    return load_personal(context, method, _state_file(config, context, method))
 
 
 def _save_personal(context: Context, config, method: str, state: dict[str, torch.Tensor]) -> None:
-    state = {k: v.detach().cpu().clone() for k, v in state.items()}
-    context.state[personal_key(method)] = ArrayRecord(state)
-    path = _state_file(config, context, method)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+    save_personal(context, method, state, _state_file(config, context, method))
 
 
 def _head_of(model_name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

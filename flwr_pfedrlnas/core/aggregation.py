@@ -10,6 +10,7 @@ import numpy as np
 
 from flwr_pfedrlnas.core.search_space import Architecture
 from flwr_pfedrlnas.supernets.base import Slices, SupernetFamily
+from flwr_pfedrlnas.supernets.keep import personal_keys
 
 __all__ = [
     "Weighting",
@@ -98,8 +99,13 @@ def check_subnet_state(
 
     Checks the keys (none missing, none extra), every shape, that dtypes match
     the supernet's where it is given, and that floating tensors are finite.
+    The tensors of blocks ``arch`` keeps personal (share-or-keep) stay on the
+    client: ``state`` must not carry them.
     """
     expected = family.subnet_shapes(arch)
+    personal = personal_keys(family, arch)
+    if personal:
+        expected = {k: v for k, v in expected.items() if k not in personal}
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
     if missing:
@@ -134,8 +140,10 @@ def merge_subnets(
     For every supernet entry, the new value is the weighted mean of the values
     returned by the clients whose subnet covers that entry (weights: number of
     examples, or 1 each with ``weighting="uniform"``). Entries no client
-    covered keep their value bit for bit. Coverage comes from the architecture
-    (the family's slices), never from comparing values. BatchNorm running
+    covered keep their value bit for bit; so do the blocks an architecture
+    keeps personal (share-or-keep), which the update does not carry. Coverage
+    comes from the architecture (the family's slices), never from comparing
+    values. BatchNorm running
     statistics are ordinary state entries and merge the same way.
 
     The mean is accumulated as ``old + sum_i w_i (x_i - old) / sum_i w_i`` in
@@ -168,7 +176,10 @@ def merge_subnets(
         weight = 1.0 if weighting == "uniform" else float(num_examples)
         if not weight > 0:
             raise ValueError(f"num-examples must be positive, got {num_examples!r}")
+        personal = personal_keys(family, arch)  # kept on the client: never merged
         for key, slices in family.subnet_slices(arch).items():
+            if key in personal:
+                continue
             value = np.asarray(state[key])
             shape = tuple(s.stop - s.start for s in slices)
             if value.shape != shape:

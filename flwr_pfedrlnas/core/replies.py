@@ -13,12 +13,19 @@ __all__ = ["ClientReply", "Proposal", "RoundOutcome"]
 
 @dataclass
 class Proposal:
-    """What the server sends one client: its sampled architecture and subnet."""
+    """What the server sends one client: its sampled architecture and subnet.
+
+    ``state`` lacks the blocks the client keeps personal (share-or-keep);
+    ``init_state`` holds, the first time the client keeps a block, that
+    block's whole supernet tensors to start its personal copy from.
+    ``bytes_down`` counts both.
+    """
 
     client_id: str
     arch: Architecture
     state: dict[str, np.ndarray]
     bytes_down: int
+    init_state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,7 +15,6 @@ import numpy as np
 
 from flwr_pfedrlnas.core.aggregation import (
     check_subnet_state,
-    extract_subnet,
     merge_subnets,
     state_num_bytes,
 )
@@ -25,6 +24,7 @@ from flwr_pfedrlnas.core.checkpoint import (
     write_search_checkpoint,
 )
 from flwr_pfedrlnas.core.cost import subnet_macs
+from flwr_pfedrlnas.core.kept import KeptBlocks
 from flwr_pfedrlnas.core.policy import ArchitecturePolicy
 from flwr_pfedrlnas.core.profiles import DeviceProfile
 from flwr_pfedrlnas.core.replies import ClientReply, Proposal, RoundOutcome
@@ -102,6 +102,8 @@ class PerFedRLNASSearch:
         self.search_history = AccuracyHistory()
         self.search_stats = self._new_stats()
         self.search_pending: dict[str, Architecture] = {}
+        # Share-or-keep: which blocks each client holds a personal copy of.
+        self.kept = KeptBlocks(family)
 
     def _new_stats(self) -> RewardStatistics:
         return RewardStatistics(self.config.baseline_decay, self.config.reward_standardise)
@@ -152,8 +154,8 @@ class PerFedRLNASSearch:
         # Read-only views, not copies: the payload is serialised and dropped, and the
         # supernet is never written in place (the merge returns new arrays), so a
         # sent state keeps its values after the round's merge.
-        state = extract_subnet(self.family, self.supernet, arch, copy=False)
-        proposal = Proposal(cid, arch, state, state_num_bytes(state))
+        state, init = self.kept.downlink(cid, self.supernet, arch, training=True, copy=False)
+        proposal = Proposal(cid, arch, state, state_num_bytes(state) + state_num_bytes(init), init)
         self.pending[cid] = proposal
         return proposal
 
@@ -347,6 +349,9 @@ class PerFedRLNASSearch:
         )
 
         # Commit.
+        for reply in accepted:
+            if str(reply.client_id) not in overruns:
+                self.kept.started(str(reply.client_id), self.pending[str(reply.client_id)].arch)
         self.supernet = merged
         self.policies.update(new_policies)
         self.history = history
@@ -370,7 +375,7 @@ class PerFedRLNASSearch:
         """
         cid = str(client_id)
         arch = self.policy(cid).sample(self.rng)
-        state = extract_subnet(self.family, self.supernet, arch)
+        state, _ = self.kept.downlink(cid, self.supernet, arch, training=False)
         self.search_pending[cid] = arch
         return Proposal(cid, arch, state, state_num_bytes(state))
 
@@ -412,9 +417,19 @@ class PerFedRLNASSearch:
         return rewards
 
     def deploy(self, client_id: str) -> tuple[Architecture, dict[str, np.ndarray]]:
-        """The client's deployed model: its argmax architecture and weights."""
-        arch = self.policy(client_id).argmax()
-        return arch, extract_subnet(self.family, self.supernet, arch)
+        """The client's deployed model: its argmax architecture and weights.
+
+        Blocks the client keeps personal (and holds) are not among the weights:
+        the client fills them in from its own copy.
+        """
+        return self.subnet_for(client_id, self.policy(client_id).argmax())
+
+    def subnet_for(
+        self, client_id: str, arch: Architecture
+    ) -> tuple[Architecture, dict[str, np.ndarray]]:
+        """``arch`` and the weights a test of it on ``client_id`` is sent (see :meth:`deploy`)."""
+        state, _ = self.kept.downlink(str(client_id), self.supernet, arch, training=False)
+        return arch, state
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -432,6 +447,7 @@ class PerFedRLNASSearch:
                 "search_history": self.search_history.state_dict(),
                 "reward_stats": self.reward_stats.state_dict(),
                 "search_stats": self.search_stats.state_dict(),
+                "kept": self.kept.state_dict(),
                 "rng": self.rng.bit_generator.state,
             },
         }
@@ -458,11 +474,14 @@ class PerFedRLNASSearch:
         reward_stats, search_stats = self._new_stats(), self._new_stats()
         reward_stats.load_state_dict(meta.get("reward_stats", {}))
         search_stats.load_state_dict(meta.get("search_stats", {}))
+        kept = KeptBlocks(self.family)
+        kept.load_state_dict(meta.get("kept", {}))
         rng = np.random.default_rng()
         rng.bit_generator.state = meta["rng"]
         self.supernet, self.policies, self.history, self.rng = supernet, policies, history, rng
         self.search_history = search_history
         self.reward_stats, self.search_stats = reward_stats, search_stats
+        self.kept = kept
         self.completed_rounds = int(meta["completed_rounds"])
         self.pending.clear()
         self.search_pending.clear()

@@ -86,24 +86,37 @@ class SearchDiagnostics:
         timeout: float = 3600.0,
         arrayrecord_key: str = "arrays",
         configrecord_key: str = "config",
+        subnet_for: Callable[[str, Architecture], Mapping[str, np.ndarray]] | None = None,
     ) -> None:
         """Send each client the diagnostic subnets, collect the accuracies they report.
 
         A reply that does not answer its message, names another client, or
-        whose accuracy is not in [0, 1], is logged and left out.
+        whose accuracy is not in [0, 1], is logged and left out. ``subnet_for(client,
+        arch)``, when given, is what each client is sent (share-or-keep: without
+        the blocks it keeps); else every client gets the subnet cut from ``supernet``.
         """
         archs = self.architectures(round_no)
-        records = {
+        shared = {
             name: m.arrays_to_record(extract_subnet(self.family, supernet, arch))
             for name, arch in archs
+            if subnet_for is None
         }
+
+        def record(cid: str, name: str, arch: Architecture):
+            if subnet_for is None:
+                return shared[name]
+            return m.arrays_to_record(subnet_for(cid, arch))
+
         outgoing = [
             (
                 cid,
                 name,
                 Message(
                     RecordDict(
-                        {arrayrecord_key: records[name], configrecord_key: config_for(arch)}
+                        {
+                            arrayrecord_key: record(cid, name, arch),
+                            configrecord_key: config_for(arch),
+                        }
                     ),
                     dst_node_id=client_to_node[cid],
                     message_type=MessageType.EVALUATE,

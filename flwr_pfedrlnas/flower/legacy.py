@@ -36,6 +36,7 @@ from flwr_pfedrlnas.flower.failures import (
 from flwr_pfedrlnas.flower.session import natural_sorted, session_from
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
+from flwr_pfedrlnas.supernets.keep import kept_blocks
 
 __all__ = ["PerFedRLNASLegacy"]
 
@@ -89,6 +90,12 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         profiles: ProfileDistribution | None = None,
     ) -> None:
         super().__init__()
+        if kept_blocks(family):
+            raise ValueError(
+                f"family has share-or-keep blocks {list(kept_blocks(family))}: a client's "
+                "personal blocks need the Message-API strategy (PerFedRLNAS); the legacy "
+                'strategy serves the paper\'s setting (keep-blocks = "")'
+            )
         self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
         if not 0.0 <= fraction_evaluate <= 1.0:
             raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")

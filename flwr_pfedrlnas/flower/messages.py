@@ -23,6 +23,7 @@ __all__ = [
     "ARCH",
     "BATCH_SIZE",
     "BN_RECALIBRATION_BATCHES",
+    "CLIENT_STATE_DIR",
     "CLIENT_ID",
     "COMPUTE_SECONDS",
     "FINETUNE_EPOCHS",
@@ -32,6 +33,7 @@ __all__ = [
     "MEMORY_BUDGET_MB",
     "MEMORY_OVERRUN",
     "NUM_EXAMPLES",
+    "PERSONAL_INIT",
     "PEAK_MEMORY_BYTES",
     "SEARCH_ONLY",
     "SERVER_ROUND",
@@ -59,6 +61,12 @@ BN_RECALIBRATION_BATCHES = "bn-recalibration-batches"
 FINETUNE_EPOCHS = "finetune-epochs"
 # Evaluate-type message of a search-only round (new clients): test, never train or upload.
 SEARCH_ONLY = "search-only"
+# ArrayRecord key, server -> client: the whole shared tensors of the blocks a client
+# starts keeping personal (share-or-keep), sent once per client and block.
+PERSONAL_INIT = "personal-init"
+# Node config key (or config key) of the folder where a client mirrors its personal
+# tensors, so that they survive a restart of the run.
+CLIENT_STATE_DIR = "client-state-dir"
 # MetricRecord keys, client -> server.
 NUM_EXAMPLES = "num-examples"
 ACCURACY = "accuracy"

@@ -23,10 +23,15 @@ from flwr_pfedrlnas.data.datasets import (
 from flwr_pfedrlnas.flower.failures import validate_min_usable_fraction
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
+from flwr_pfedrlnas.supernets.keep import KEEP_KNOB, parse_keep
 
 
-def family_from_run_config(cfg: dict[str, Any]) -> SupernetFamily:
-    """The supernet family of the run; input channels and classes follow the data."""
+def family_from_run_config(cfg: dict[str, Any], share_or_keep: bool = False) -> SupernetFamily:
+    """The supernet family of the run; input channels and classes follow the data.
+
+    With ``share_or_keep`` the run config's ``keep-blocks`` (block names, comma
+    separated; ``""`` for none, the paper) add the share-or-keep dimensions.
+    """
     try:
         knobs = json.loads(str(cfg["supernet-config"]) or "{}")
     except json.JSONDecodeError as err:
@@ -34,6 +39,12 @@ def family_from_run_config(cfg: dict[str, Any]) -> SupernetFamily:
     info = dataset_info(str(cfg["dataset"]))
     knobs.setdefault("in_channels", info.channels)
     knobs.setdefault("num_classes", info.num_classes)
+    if share_or_keep and str(cfg.get("keep-blocks", "")).strip():
+        try:
+            knobs[KEEP_KNOB] = parse_keep(str(cfg["keep-blocks"]))
+            return get_supernet(str(cfg["supernet"]), **knobs)
+        except ValueError as err:
+            raise ValueError(f"keep-blocks is {cfg['keep-blocks']!r}: {err}") from err
     return get_supernet(str(cfg["supernet"]), **knobs)
 
 

@@ -334,6 +334,8 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
                     ),
                 }
             )
+            if proposal.init_state:  # share-or-keep: a personal block's starting copy
+                content[m.PERSONAL_INIT] = m.arrays_to_record(proposal.init_state)
             message = Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
             messages.append(message)
             self._sent[node_id] = proposal.client_id
@@ -455,6 +457,7 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
                 ),
                 arrayrecord_key=self.arrayrecord_key,
                 configrecord_key=self.configrecord_key,
+                subnet_for=lambda cid, arch: self.search.subnet_for(cid, arch)[1],
             )
         messages = []
         self._evaluated = list(clients)

@@ -7,10 +7,12 @@ from typing import Any
 
 from flwr_pfedrlnas.supernets.base import SupernetFamily, numpy_to_state, state_to_numpy
 from flwr_pfedrlnas.supernets.checks import check_dimensions, dead_dimensions
+from flwr_pfedrlnas.supernets.keep import KEEP_KNOB, ShareOrKeep, parse_keep
 from flwr_pfedrlnas.supernets.presets import CPU_PRESETS, cpu_preset
 
 __all__ = [
     "CPU_PRESETS",
+    "ShareOrKeep",
     "SupernetFamily",
     "available_supernets",
     "check_dimensions",
@@ -67,9 +69,14 @@ def get_supernet(
     with ``refuse_dead_dimensions``, naming any dimension whose choices build
     identical subnets (:func:`check_dimensions`; it builds one meta-device
     subnet per choice, so it is opt-in where families are built every round).
+    A ``keep`` knob (block names, see :class:`ShareOrKeep`) adds the
+    share-or-keep dimensions of those blocks.
     """
     _load_builtin(name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown supernet family {name!r}; available: {available_supernets()}")
+    keep = knobs.pop(KEEP_KNOB, None)
     family = _REGISTRY[name](**knobs)
+    if parse_keep(keep):
+        family = ShareOrKeep(family, keep)
     return check_dimensions(family) if refuse_dead_dimensions else family

@@ -150,6 +150,17 @@ class SupernetFamily(ABC):
     def build_subnet(self, arch: Architecture) -> nn.Module:
         """Standalone module for one architecture (never builds the supernet)."""
 
+    def keepable_blocks(self) -> dict[str, tuple[str, ...]]:
+        """Blocks a client may keep for itself (share-or-keep): name -> key prefixes.
+
+        Each block is the set of supernet ``state_dict`` keys that start with
+        one of its prefixes (``"classifier."``). With ``keep`` among the knobs
+        (see :class:`~flwr_pfedrlnas.supernets.keep.ShareOrKeep`), each chosen
+        block becomes a search dimension ``keep.<block>`` over ``"shared"`` and
+        ``"personal"``. The default declares none: the paper's setting.
+        """
+        return {}
+
     # ------------------------------------------------------------------ derived
     @property
     def config(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import torch
 
 from flwr_pfedrlnas.core.search_space import Choice
 from flwr_pfedrlnas.supernets.base import SupernetFamily, skip_meta_init
+from flwr_pfedrlnas.supernets.keep import is_keep_dimension
 
 __all__ = ["check_dimensions", "dead_dimensions", "subnet_signature"]
 
@@ -58,8 +59,8 @@ def dead_dimensions(family: SupernetFamily) -> dict[str, list[list[Choice]]]:
     largest = family.largest_architecture()
     found: dict[str, list[list[Choice]]] = {}
     for dim in family.search_space:
-        if len(dim) < 2:
-            continue
+        if len(dim) < 2 or is_keep_dimension(dim.name):
+            continue  # a keep.<block> choice moves weights, not the subnet's shape
         groups: dict[tuple[Any, ...], list[Choice]] = {}
         for choice in dim.choices:
             arch = dict(largest, **{dim.name: choice})

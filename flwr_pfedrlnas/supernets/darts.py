@@ -480,6 +480,13 @@ class DARTSFamily(SupernetFamily):
             channels.append(c)
         return channels
 
+    def keepable_blocks(self) -> dict[str, tuple[str, ...]]:
+        """``classifier`` and ``last-stage`` (the last cell)."""
+        return {
+            "classifier": ("classifier.",),
+            "last-stage": (f"cells.{self._config['num_cells'] - 1}.",),
+        }
+
     # ------------------------------------------------------------------ builders
     def build_supernet(self) -> nn.Module:
         """Every operation on every edge of every cell (forward: uniform ``MixedOp``)."""

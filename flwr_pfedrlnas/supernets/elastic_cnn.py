@@ -111,6 +111,13 @@ class ElasticCNNFamily(SupernetFamily):
             stages.append(blocks)
         return _Net(c["in_channels"], stages, c["num_classes"])
 
+    def keepable_blocks(self) -> dict[str, tuple[str, ...]]:
+        """``classifier`` and ``last-stage``."""
+        return {
+            "classifier": ("classifier.",),
+            "last-stage": (f"stages.{self._config['num_stages'] - 1}.",),
+        }
+
     def build_supernet(self) -> nn.Module:
         return self._build(self.largest_architecture())
 

@@ -287,6 +287,14 @@ class MobileNetV3Family(SupernetFamily):
         stages = MOBILENETV3_STAGES[: self._config["num_stages"]]
         return [make_divisible(s.out_channels * w) for s in stages]
 
+    def keepable_blocks(self) -> dict[str, tuple[str, ...]]:
+        """``classifier``, ``head`` (final expansion and feature mix), ``last-stage``."""
+        return {
+            "classifier": ("classifier.",),
+            "head": ("final_expand.", "feature_mix."),
+            "last-stage": (f"stages.{self._config['num_stages'] - 1}.",),
+        }
+
     def build_supernet(self) -> nn.Module:
         """The network of the largest architecture (holds every shared weight)."""
         return self._build(self.search_space.largest())

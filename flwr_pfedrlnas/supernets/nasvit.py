@@ -368,6 +368,20 @@ class NASViTFamily(SupernetFamily):
             sides.append(side)
         return sides
 
+    def keepable_blocks(self) -> dict[str, tuple[str, ...]]:
+        """``classifier``, ``head`` (final expansion and feature mix), ``last-stage``."""
+        n_vit = self._config["num_vit_stages"]
+        last = (
+            f"vit_stages.{n_vit - 1}."
+            if n_vit
+            else (f"conv_stages.{self._config['num_conv_stages'] - 1}.")
+        )
+        return {
+            "classifier": ("classifier.",),
+            "head": ("final_expand.", "feature_mix."),
+            "last-stage": (last,),
+        }
+
     def build_supernet(self) -> nn.Module:
         """The network of the largest architecture (holds every shared weight)."""
         return self._build(self.search_space.largest())

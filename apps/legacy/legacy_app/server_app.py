@@ -15,7 +15,7 @@ def server_fn(context: Context) -> ServerAppComponents:
     """Build the strategy from the run config; run the rounds still to do."""
     cfg = context.run_config
     strategy = PerFedRLNASLegacy(
-        family_from_run_config(cfg),
+        family_from_run_config(cfg, share_or_keep=True),
         min_available_clients=int(cfg["num-clients"]),
         profiles=ProfileDistribution.from_run_config(cfg),
         **strategy_kwargs(cfg),

@@ -1,0 +1,140 @@
+"""A client's personal tensors: kept in ``context.state``, mirrored to its own disk.
+
+Used by the personalised baselines (FedRep's head, Local's model, ...) and by
+PerFedRLNAS's share-or-keep blocks. Personal tensors never travel: they live
+in ``context.state`` under a name, and with a state directory they are also
+written to ``<dir>/<client-id>.<name>.pt`` (atomically) so that they survive
+a restart of the run.
+
+Share-or-keep on the client (:func:`assemble`, :func:`write_back`): the
+client holds the whole supernet tensors of each block it keeps. When its
+architecture keeps a block personal, the subnet's tensors of that block are
+cut from that copy (the server sent none of them) and, after training, written
+back into it; the reply leaves them out. The first time, the copy is started
+from the block's shared tensors that the server sends once (``personal-init``).
+When the architecture uses the block shared, the client trains and returns
+the server's weights for it like any other block, and its personal copy is
+left exactly as it was: switching back to ``"personal"`` resumes from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context
+
+from flwr_pfedrlnas.core.search_space import Architecture
+from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.supernets.base import SupernetFamily
+from flwr_pfedrlnas.supernets.keep import personal_blocks
+
+__all__ = [
+    "SHARE_OR_KEEP",
+    "assemble",
+    "kept_file",
+    "load_personal",
+    "personal_file",
+    "personal_record_key",
+    "save_personal",
+    "write_back",
+]
+
+# The name of PerFedRLNAS's kept blocks in context.state and on disk.
+SHARE_OR_KEEP = "pfedrlnas-kept"
+
+
+def personal_file(directory: str | None, client_id: str, name: str) -> Path | None:
+    """``<directory>/<client_id>.<name>.pt``, or ``None`` without a directory."""
+    return Path(directory) / f"{client_id}.{name}.pt" if directory else None
+
+
+def personal_record_key(name: str) -> str:
+    """Key of the personal ArrayRecord ``name`` in ``context.state``."""
+    return f"personal-{name}"
+
+
+def load_personal(
+    context: Context, name: str, path: Path | None = None
+) -> dict[str, torch.Tensor] | None:
+    """The tensors saved under ``name``: from ``context.state``, else from ``path``."""
+    key = personal_record_key(name)
+    if key in context.state.array_records:
+        return context.state.array_records[key].to_torch_state_dict()
+    if path is not None and path.exists():
+        state = torch.load(path, weights_only=True)
+        context.state[key] = ArrayRecord(state)
+        return state
+    return None
+
+
+def save_personal(
+    context: Context, name: str, state: Mapping[str, torch.Tensor], path: Path | None = None
+) -> None:
+    """Keep ``state`` under ``name`` in ``context.state`` (and at ``path``, atomically)."""
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}
+    context.state[personal_record_key(name)] = ArrayRecord(state)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+
+def kept_file(context: Context, client_id: str, config: Mapping) -> Path | None:
+    """Where the kept blocks are mirrored: ``client-state-dir`` of the node, else of the config."""
+    directory = context.node_config.get(m.CLIENT_STATE_DIR) or config.get(m.CLIENT_STATE_DIR, "")
+    return personal_file(str(directory), client_id, SHARE_OR_KEEP)
+
+
+def assemble(
+    family: SupernetFamily,
+    arch: Architecture,
+    received: Mapping[str, torch.Tensor],
+    store: dict[str, torch.Tensor],
+    init: Mapping[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """The whole subnet state of ``arch``, and the subnet keys taken from the own copy.
+
+    ``store`` (the client's kept blocks, whole supernet tensors) gains every
+    block of ``init`` it does not hold yet. A block ``arch`` keeps personal is
+    then cut from ``store``; one the client does not hold and has no initial
+    copy of is used as received (a test of shared weights). Raises
+    ``ValueError`` naming the block when it is in neither.
+    """
+    blocks = personal_blocks(family, arch)
+    if not blocks:
+        return dict(received), set()
+    slices = family.subnet_slices(arch)
+    init = init or {}
+    used: set[str] = set()
+    for block in blocks:
+        keys = family.block_keys(block)  # type: ignore[attr-defined]
+        if not all(k in store for k in keys) and keys and all(k in init for k in keys):
+            store.update({k: init[k].detach().clone() for k in keys})
+        in_subnet = [k for k in keys if k in slices]
+        if all(k in store for k in keys):
+            used.update(in_subnet)
+        elif not all(k in received for k in in_subnet):
+            raise ValueError(
+                f"keep.{block} is 'personal', but this client holds no copy of block "
+                f"{block!r} and the message carries neither its initial copy nor its weights"
+            )
+    state = dict(received)
+    for key in used:
+        state[key] = store[key][slices[key]].clone()
+    return state, used
+
+
+def write_back(
+    family: SupernetFamily,
+    arch: Architecture,
+    trained: Mapping[str, torch.Tensor],
+    store: dict[str, torch.Tensor],
+    used: set[str],
+) -> None:
+    """Write the trained tensors of ``used`` back into the own copy, in place."""
+    slices = family.subnet_slices(arch)
+    for key in used:
+        store[key][slices[key]] = trained[key].detach().to(store[key].dtype).cpu()
