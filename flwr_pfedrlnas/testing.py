@@ -17,6 +17,7 @@ from flwr_pfedrlnas.core.search_space import (
     architecture_to_json,
 )
 from flwr_pfedrlnas.supernets.base import SupernetFamily
+from flwr_pfedrlnas.supernets.keep import ShareOrKeep
 
 __all__ = [
     "CONTRACT_CHECKS",
@@ -287,6 +288,9 @@ def check_supernet_family(
       built from the architecture's JSON with the same weights, computes the
       same outputs.
 
+    Blocks the family declares in ``keepable_blocks`` must each match a
+    supernet tensor and be disjoint.
+
     In a pytest file: ``def test_my_family(): check_supernet_family(MyFamily())``,
     or :func:`supernet_contract_test` for one test per check.
 
@@ -326,6 +330,10 @@ def check_supernet_family(
         num_classes = int(family.config["num_classes"])
     with _reporting(family, "build", None, "build_supernet"):
         supernet = family.init_supernet_state(seed=seed)
+    if family.keepable_blocks() and not isinstance(family, ShareOrKeep):
+        # Every declared block holds tensors, no two share one (ShareOrKeep checks both).
+        with _reporting(family, "build", None, "keepable_blocks"):
+            ShareOrKeep(family, list(family.keepable_blocks()))
     runners: dict[str, Callable[[], None]] = {
         "slices": lambda: _check_slices(family, archs, supernet, allow_custom_slices),
         "forward-backward": lambda: _check_forward_backward(

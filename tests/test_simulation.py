@@ -155,3 +155,45 @@ def test_legacy_api_simulation(tmp_path):
         backend_config=BACKEND,
     )
     _check_run(strategy, initial, tmp_path)
+
+
+def test_share_or_keep_simulation(tmp_path):
+    """Personal blocks survive from round to round in Flower's own node state (Ray)."""
+    family = get_supernet("elastic-cnn", keep=["classifier", "last-stage"])
+    strategy = PerFedRLNAS(
+        family,
+        clients_per_round=NUM_CLIENTS,
+        min_available_nodes=NUM_CLIENTS,
+        search_config=SearchConfig(seed=4),
+        results_dir=str(tmp_path),
+        checkpoint_dir=str(tmp_path / "checkpoint"),
+    )
+    initial = {k: v.copy() for k, v in strategy.search.supernet.items()}
+    proposed = []
+    propose = strategy.search.propose
+
+    def recording_propose(cid):
+        proposal = propose(cid)
+        proposed.append(proposal)
+        return proposal
+
+    strategy.search.propose = recording_propose
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy.start(grid, num_rounds=3)
+
+    run_simulation(server_app, make_client_app(_loaders), NUM_CLIENTS, backend_config=BACKEND)
+
+    rounds = pd.read_csv(tmp_path / "rounds.csv")
+    # Every reply usable: a client that had lost its personal copy would have failed.
+    assert (rounds["num-accepted"] == NUM_CLIENTS).all(), rounds
+    again = [p for p in proposed if p.arch["keep.classifier"] == "personal" and not p.init_state]
+    assert again, "no client trained a personal classifier it already held"
+    # The classifier moved only where some client trained it shared.
+    shared = [p.arch for p in proposed if p.arch["keep.classifier"] == "shared"]
+    covered = _coverage(family, shared)
+    for key in ("classifier.weight", "classifier.bias"):
+        changed = initial[key] != strategy.search.supernet[key]
+        assert not (changed & ~covered[key]).any(), key
