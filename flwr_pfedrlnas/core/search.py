@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from flwr_pfedrlnas.core.aggregation import (
-    check_subnet_state,
     merge_subnets,
     state_num_bytes,
 )
@@ -28,6 +27,7 @@ from flwr_pfedrlnas.core.kept import KeptBlocks
 from flwr_pfedrlnas.core.policy import ArchitecturePolicy
 from flwr_pfedrlnas.core.profiles import DeviceProfile
 from flwr_pfedrlnas.core.replies import ClientReply, Proposal, RoundOutcome
+from flwr_pfedrlnas.core.reply_checks import is_overrun, reply_problem
 from flwr_pfedrlnas.core.rewards import (
     AccuracyHistory,
     RewardStatistics,
@@ -36,7 +36,7 @@ from flwr_pfedrlnas.core.rewards import (
     search_rewards,
 )
 from flwr_pfedrlnas.core.search_config import SearchConfig
-from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
+from flwr_pfedrlnas.core.search_space import Architecture
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
 __all__ = [
@@ -49,8 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# num-examples above this is treated as a corrupt reply, not a large client.
-MAX_NUM_EXAMPLES = 10**9
 # The checkpoint writer, looked up at save time (tests replace it to simulate a crash).
 _atomic_write = atomic_write
 
@@ -166,62 +164,7 @@ class PerFedRLNASSearch:
         proposal = self.pending.get(cid)
         if proposal is None:
             return f"no architecture was sent to client {cid!r} this round"
-        try:
-            arch = self.family.search_space.validate(
-                proposal.arch if reply.arch is None else reply.arch
-            )
-        except ValueError as err:
-            return str(err)
-        if architecture_to_json(arch) != architecture_to_json(proposal.arch):
-            return (
-                f"arch is {architecture_to_json(arch)}, but "
-                f"{architecture_to_json(proposal.arch)} was sent"
-            )
-        overrun = self._is_overrun(reply)
-        checks = [
-            ("num-examples", reply.num_examples, lambda v: 0 <= v <= MAX_NUM_EXAMPLES),
-            ("accuracy", reply.accuracy, lambda v: 0.0 <= v <= 1.0),
-            ("compute-seconds", reply.compute_seconds, lambda v: v >= 0),
-            ("peak-memory-bytes", reply.peak_memory_bytes, lambda v: v >= 0),
-        ]
-        if self.config.reward_accuracy == "validation" and not overrun:
-            if reply.val_accuracy is None:
-                return (
-                    "val-accuracy is missing: the reward uses the validation split "
-                    "(reward_accuracy='validation'); give the clients one (val-fraction > 0)"
-                )
-            checks.append(("val-accuracy", reply.val_accuracy, lambda v: 0.0 <= v <= 1.0))
-        for name, value, ok in checks:
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-                return f"{name} is {value!r}, not a number"
-            if not math.isfinite(value) or not ok(value):
-                return f"{name} is {value!r}, out of range"
-        if overrun:
-            return None  # nothing of its state is used: it is not merged
-        if reply.num_examples == 0:
-            return "num-examples is 0, out of range"
-        if self.config.memory_aware and not (
-            reply.memory_budget_bytes is not None and reply.memory_budget_bytes > 0
-        ):
-            return f"memory-budget-bytes is {reply.memory_budget_bytes!r}, not positive"
-        try:
-            check_subnet_state(self.family, arch, reply.state, self.supernet)
-        except ValueError as err:
-            return str(err)
-        return None
-
-    @staticmethod
-    def _is_overrun(reply: ClientReply) -> bool:
-        """Over budget: flagged by the client, or its peak above its budget."""
-        budget = reply.memory_budget_bytes
-        over = (
-            budget is not None
-            and isinstance(budget, (int, float, np.number))
-            and budget > 0
-            and isinstance(reply.peak_memory_bytes, (int, float, np.number))
-            and reply.peak_memory_bytes > budget
-        )
-        return bool(reply.memory_overrun) or bool(over)
+        return reply_problem(reply, proposal.arch, self.family, self.config, self.supernet)
 
     def round_time_of(
         self,
@@ -287,7 +230,7 @@ class PerFedRLNASSearch:
 
         cfg = self.config
         accs, rts, peaks, budgets = {}, {}, {}, {}
-        overruns = {str(r.client_id) for r in accepted if self._is_overrun(r)}
+        overruns = {str(r.client_id) for r in accepted if is_overrun(r)}
         for reply in accepted:
             cid = str(reply.client_id)
             proposal = self.pending[cid]

@@ -8,12 +8,10 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from flwr_pfedrlnas.core.reply_checks import MAX_NUM_EXAMPLES
 from flwr_pfedrlnas.flower import messages as m
 
 __all__ = ["answer_problem", "check_metrics", "check_shapes", "reply_arrays"]
-
-# num-examples above this is a corrupt reply, not a large client.
-MAX_NUM_EXAMPLES = 10**9
 
 
 def answer_problem(
