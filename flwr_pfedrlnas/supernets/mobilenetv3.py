@@ -195,6 +195,12 @@ class MobileNetV3Family(SupernetFamily):
         Fractions of a stage's maximum output channels, increasing, at most 1.
     dropout : float (default: 0.2)
         Dropout before the classifier.
+    zero_init_residual : bool (default: False)
+        Start the BatchNorm scale that closes each residual block at zero, so
+        that every residual block starts as the identity (once-for-all's
+        supernet training practice; NASViT always does it). Off: the
+        authors' initialisation. Only ``True`` is recorded among the knobs, so
+        configurations and checkpoints without it stay what they were.
     """
 
     name = "mobilenetv3"
@@ -213,6 +219,7 @@ class MobileNetV3Family(SupernetFamily):
         dropout: float = 0.2,
         resize_input: bool = True,
         interpolation: str = "bilinear",
+        zero_init_residual: bool = False,
     ) -> None:
         if isinstance(width_mult, bool) or not width_mult > 0:
             raise ValueError(f"width_mult must be positive, got {width_mult!r}")
@@ -232,6 +239,10 @@ class MobileNetV3Family(SupernetFamily):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if not isinstance(resize_input, bool):
             raise ValueError(f"resize_input must be true or false, got {resize_input!r}")
+        if not isinstance(zero_init_residual, bool):
+            raise ValueError(
+                f"zero_init_residual must be true or false, got {zero_init_residual!r}"
+            )
         if interpolation not in INTERPOLATION_MODES:
             raise ValueError(
                 f"interpolation must be one of {list(INTERPOLATION_MODES)}, got {interpolation!r}"
@@ -259,6 +270,7 @@ class MobileNetV3Family(SupernetFamily):
             dropout=float(dropout),
             resize_input=resize_input,
             interpolation=interpolation,
+            **({"zero_init_residual": True} if zero_init_residual else {}),
         )
         self._space = SearchSpace(
             Dimension(f"stage{i}.{field}", tuple(choices))
@@ -352,4 +364,8 @@ class MobileNetV3Family(SupernetFamily):
         )
         # Small-normal linears (the classifier head).
         init_weights(net, lambda weight: nn.init.normal_(weight, 0.0, 0.01))
+        if cfg.get("zero_init_residual", False):
+            for module in net.modules():
+                if isinstance(module, InvertedResidual) and module.residual:
+                    nn.init.zeros_(module.project.bn.weight)
         return net
