@@ -1,0 +1,138 @@
+"""Which blocks each client keeps for itself, per run of a share-or-keep experiment.
+
+    python scripts/keep_table.py results/search-real-cpu
+
+For every run whose search space has ``keep.<block>`` dimensions it reads the
+final policies (``checkpoint/state.json``: each client's probability of
+"personal" per block) and the deployed architectures (``clients.csv``: the
+argmax choice), and writes ``keep.csv``, ``keep.md`` and ``keep.png`` (one
+panel per run: per client, the probability of keeping each block personal,
+the deployed choice marked) beside the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+KEEP = "keep."
+
+
+def _softmax(logits: list[float]) -> np.ndarray:
+    a = np.asarray(logits, dtype=float)
+    e = np.exp(a - a.max())
+    return e / e.sum()
+
+
+def collect(root: Path) -> pd.DataFrame:
+    rows = []
+    for run in sorted(p for p in root.iterdir() if (p / "checkpoint" / "state.json").exists()):
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+        try:
+            clients = pd.read_csv(run / "clients.csv")
+        except (FileNotFoundError, pd.errors.EmptyDataError):  # no evaluation yet
+            clients = None
+        deployed = {}
+        if clients is not None and "arch" in clients:
+            pairs = zip(clients["client-id"], clients["arch"])
+            deployed = {str(c): json.loads(a) for c, a in pairs}
+        variant, _, seed = run.name.rpartition("-s")
+        for cid, policy in state["policies"].items():
+            for dim, logits in policy["alpha"].items():
+                if not dim.startswith(KEEP):
+                    continue
+                # Choices are ("shared", "personal"), in that order.
+                rows.append(
+                    {
+                        "run": run.name,
+                        "variant": variant,
+                        "seed": int(seed) if seed.isdigit() else seed,
+                        "rounds": int(state["completed_rounds"]),
+                        "client-id": str(cid),
+                        "block": dim[len(KEEP) :],
+                        "p-personal": float(_softmax(logits)[1]),
+                        "deployed": deployed.get(str(cid), {}).get(dim, ""),
+                        "policy-steps": int(policy["steps"]),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def summarise(rows: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for (variant, block), group in rows.groupby(["variant", "block"], sort=False):
+        per_seed = group.groupby("seed").agg(
+            personal=("deployed", lambda d: float((d == "personal").mean())),
+            p=("p-personal", "mean"),
+        )
+        out.append(
+            {
+                "variant": variant,
+                "block": block,
+                "seeds": " ".join(str(s) for s in per_seed.index),
+                "clients deploying it personal": " / ".join(
+                    f"{v:.0%}" for v in per_seed["personal"]
+                ),
+                "mean P(personal)": " / ".join(f"{v:.2f}" for v in per_seed["p"]),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def plot(rows: pd.DataFrame, path: Path) -> None:
+    runs = list(dict.fromkeys(rows["run"]))
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.2 * len(runs), 3), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        group = rows[rows["run"] == run]
+        clients = sorted(group["client-id"].unique(), key=lambda c: (len(c), c))
+        blocks = list(dict.fromkeys(group["block"]))
+        width = 0.8 / max(1, len(blocks))
+        for j, block in enumerate(blocks):
+            part = group[group["block"] == block].set_index("client-id").loc[clients]
+            x = np.arange(len(clients)) + j * width
+            bars = ax.bar(x, part["p-personal"], width, label=block)
+            for bar, choice in zip(bars, part["deployed"]):
+                if choice == "personal":
+                    ax.text(bar.get_x() + bar.get_width() / 2, 1.02, "P", ha="center", fontsize=7)
+        ax.set_xticks(np.arange(len(clients)) + 0.4 - width / 2, clients)
+        ax.set_ylim(0, 1.12)
+        ax.set_title(run, fontsize=9)
+        ax.set_xlabel("client")
+    axes[0][0].set_ylabel("final P(personal)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Share-or-keep: each client's choice per block (P: deployed personal)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    args = parser.parse_args()
+    rows = collect(args.root)
+    if rows.empty:
+        raise SystemExit(f"no run with keep.<block> dimensions under {args.root}")
+    rows.to_csv(args.root / "keep.csv", index=False)
+    summary = summarise(rows)
+    lines = ["| " + " | ".join(summary.columns) + " |", "|" + "---|" * len(summary.columns)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in summary.itertuples(index=False)]
+    (args.root / "keep.md").write_text(
+        "Per variant and block: share of clients whose deployed architecture keeps the "
+        "block personal, and the mean final probability of keeping it (per seed, "
+        "separated by /).\n\n" + "\n".join(lines) + "\n"
+    )
+    plot(rows, args.root / "keep.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
