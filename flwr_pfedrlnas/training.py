@@ -15,7 +15,9 @@ __all__ = [
     "LABEL_KEYS",
     "TrainResult",
     "evaluate",
+    "recalibrate_as_configured",
     "recalibrate_batchnorm",
+    "resolve_device",
     "run_epochs",
     "split_batch",
     "train",
@@ -149,6 +151,13 @@ def training_peak_memory(
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device; none given: CUDA when available, else the CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def make_optimizer(
@@ -321,3 +330,23 @@ def recalibrate_batchnorm(
             m.momentum = momenta[m]
         model.eval()
     return seen
+
+
+def recalibrate_as_configured(
+    model: nn.Module,
+    loader: Iterable[Any],
+    batches: int,
+    device: str | torch.device = "cpu",
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> int:
+    """:func:`recalibrate_batchnorm` as a ``bn-recalibration-batches`` value asks.
+
+    0: no re-estimation (returns 0); negative: over the whole ``loader``;
+    positive: over its first ``batches`` batches. Returns the number of
+    examples seen.
+    """
+    if batches == 0:
+        return 0
+    max_batches = None if batches < 0 else batches
+    return recalibrate_batchnorm(model, loader, max_batches, device, image_key, label_key)

@@ -42,6 +42,7 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+import flwr_pfedrlnas.core.reply_checks as checks_mod
 import flwr_pfedrlnas.core.search as search_mod
 from flwr_pfedrlnas.core.aggregation import extract_subnet, state_num_bytes
 from flwr_pfedrlnas.core.search import ClientReply, PerFedRLNASSearch, SearchConfig
@@ -194,22 +195,24 @@ def _timed(fn: Callable, clock: Clock, part: str) -> Callable:
 def instrumented(family: SupernetFamily, clock: Clock) -> Iterator[None]:
     """Time the validation and the merge inside ``incorporate``, and shape derivation.
 
-    Wraps the names that :mod:`flwr_pfedrlnas.core.search` calls (and the family's
-    shape cache, whose misses build the subnet on the meta device) for the duration
-    of the block; nothing else changes.
+    Wraps the names that :mod:`flwr_pfedrlnas.core.search` and
+    :mod:`flwr_pfedrlnas.core.reply_checks` call (and the family's shape cache, whose
+    misses build the subnet on the meta device) for the duration of the block;
+    nothing else changes.
     """
-    saved = {
-        "check_subnet_state": search_mod.check_subnet_state,
-        "merge_subnets": search_mod.merge_subnets,
-    }
-    search_mod.check_subnet_state = _timed(saved["check_subnet_state"], clock, "validate")
-    search_mod.merge_subnets = _timed(saved["merge_subnets"], clock, "merge")
+    saved = [
+        (checks_mod, "check_subnet_state", "validate"),
+        (search_mod, "merge_subnets", "merge"),
+    ]
+    originals = [getattr(module, name) for module, name, _ in saved]
+    for (module, name, label), fn in zip(saved, originals):
+        setattr(module, name, _timed(fn, clock, label))
     family._cached_shapes = _timed(type(family)._cached_shapes.__get__(family), clock, "shapes")
     try:
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(search_mod, name, fn)
+        for (module, name, _), fn in zip(saved, originals):
+            setattr(module, name, fn)
         del family._cached_shapes
 
 

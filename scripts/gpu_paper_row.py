@@ -66,7 +66,7 @@ from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.experiments.reproduce import app_defaults, load_experiment, resolve_app
 from flwr_pfedrlnas.flower.runconfig import family_from_run_config, search_config_from_run_config
 from flwr_pfedrlnas.supernets import numpy_to_state, state_to_numpy
-from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, train
+from flwr_pfedrlnas.training import evaluate, recalibrate_as_configured, resolve_device, train
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "mobilenetv3-cifar10-paper"
@@ -184,8 +184,7 @@ def deployed_accuracy(search, pool, cfg: dict[str, Any], device) -> list[dict[st
         model = search.family.build_subnet(arch)
         model.load_state_dict(numpy_to_state(weights), strict=True)
         train_loader, test_loader = pool.loaders(cid)
-        if batches != 0:
-            recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, device)
+        recalibrate_as_configured(model, train_loader, batches, device)
         _, accuracy, n = evaluate(model, test_loader, device)
         rows.append(
             {"client-id": cid, "arch": architecture_to_json(arch), "accuracy": accuracy, "n": n}
@@ -206,7 +205,7 @@ def _run(args: argparse.Namespace) -> dict[str, Path]:
     cfg = run_config(args.experiment)
     if args.dry_run:
         cfg.update(DRY_RUN_CONFIG)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     if device.type != "cuda" and not args.dry_run:
         raise SystemExit("no CUDA device: run on a GPU machine, or use --dry-run on the CPU")
     if not args.data_dir:

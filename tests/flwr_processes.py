@@ -1,7 +1,11 @@
 """Process, port and ``FLWR_HOME`` helpers of the end-to-end ``flwr`` tests.
 
-Imported by ``test_deployment.py`` and ``test_flwr_run.py`` as a sibling module
-(pytest puts ``tests/``, a directory without ``__init__.py``, on ``sys.path``).
+Imported by the end-to-end tests (``test_deployment.py``, ``test_flwr_run.py``,
+``test_security.py``, ``test_examples.py``, ``test_cifar_schema.py``,
+``test_reproduce.py``, ``test_paper_scale.py``) as a sibling module (pytest puts
+``tests/``, a directory without ``__init__.py``, on ``sys.path``). The process
+helpers they share with the experiment runner come from
+:mod:`flwr_pfedrlnas.experiments.flwr_runner`.
 """
 
 from __future__ import annotations
@@ -9,11 +13,39 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
+
+from flwr_pfedrlnas.experiments.flwr_runner import (
+    FLWR_ENV,
+    free_port,
+    pids_with_env,
+    process_alive,
+    signal_and_wait,
+)
+
+__all__ = [
+    "APP",
+    "BIN",
+    "Processes",
+    "REPO",
+    "RUN_TIMEOUT",
+    "SUPERNET_CONFIG",
+    "cmdline",
+    "flwr_env",
+    "flwr_run_to_end",
+    "free_port",
+    "kill_leftovers",
+    "pids_with_env",
+    "run_status",
+    "start_logged",
+    "stop_processes",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "pfedrlnas"
@@ -24,12 +56,6 @@ SUPERNET_CONFIG = (
     '"depth_choices": [1, 2], "expand_choices": [3, 4]}'
 )
 RUN_TIMEOUT = 600  # generous: CI shares 2 cores, and each deployment message starts a process
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ppid(pid: int) -> int | None:
@@ -51,30 +77,6 @@ def _descendants(roots: list[int]) -> list[int]:
         for child in children.get(todo.pop(), []):
             found.append(child)
             todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def pids_with_env(key: str, value: str) -> list[int]:
-    """Live processes whose environment has ``key=value`` (a per-test marker)."""
-    needle = f"{key}={value}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            environ = Path(f"/proc/{entry}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0") and _alive(int(entry)):
-            found.append(int(entry))
     return found
 
 
@@ -105,7 +107,7 @@ def stop_processes(
     groups.discard(os.getpgrp())
     for sig in (signal.SIGTERM, signal.SIGKILL):
         collect()
-        alive = [pid for pid in pids if _alive(pid)]
+        alive = [pid for pid in pids if process_alive(pid)]
         if not alive:
             break
         for pgid in groups:
@@ -113,22 +115,35 @@ def stop_processes(
                 os.killpg(pgid, sig)
             except (ProcessLookupError, PermissionError):
                 pass
-        for pid in alive:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            for proc in procs:
-                proc.poll()  # reap our direct children
-            if not any(_alive(pid) for pid in pids):
-                break
-            time.sleep(0.2)
+        # Reap our direct children while waiting.
+        signal_and_wait(alive, sig, grace, poll=lambda: [proc.poll() for proc in procs])
     for proc in procs:
         proc.poll()
     collect()
-    return sorted(pid for pid in pids if _alive(pid))
+    return sorted(pid for pid in pids if process_alive(pid))
+
+
+def kill_leftovers(
+    marker: tuple[str, str], also: Sequence[tuple[str, str]] = (), grace: float = 15.0
+) -> list[int]:
+    """After a run: wait up to ``grace`` s for the processes carrying the environment
+    ``marker`` to end, then SIGKILL every one still carrying it or one of ``also``.
+
+    Returns the pids that were left (a test asserts there are none, after
+    leaving nothing behind even when it fails).
+    """
+    deadline = time.monotonic() + grace
+    while pids_with_env(*marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = pids_with_env(*marker)
+    for extra in also:
+        left += pids_with_env(*extra)
+    for pid in set(left):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return left
 
 
 def start_logged(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
@@ -159,11 +174,9 @@ def run_status(env: dict[str, str], *connection: str) -> list[dict]:
 
 def flwr_env(flwr_home: Path) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(FLWR_ENV)
     env.update(
         FLWR_HOME=str(flwr_home),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
         # One torch thread per process: the ClientApps of both nodes train at once.
@@ -177,6 +190,43 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+class Processes:
+    """The processes one test starts, each in a new session logging to ``<logs>/<name>.log``.
+
+    ``stop()`` (in the test's ``finally``) stops them, their descendants and
+    every process carrying the test's ``FLWR_HOME``, by pid, and returns
+    those still alive.
+    """
+
+    def __init__(self, env: dict[str, str], cwd: Path, logs: Path) -> None:
+        self.env, self.cwd, self.logs = env, cwd, logs
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        proc = start_logged(args, self.env, self.cwd, self.logs / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
+    def tails(self, chars: int = 4000) -> str:
+        """The last ``chars`` characters of every log, for a failing assertion's message."""
+        return "\n".join(
+            f"----- {p.name}\n{p.read_text(errors='replace')[-chars:]}"
+            for p in sorted(self.logs.glob("*.log"))
+        )
+
+    def flwr_run(self, *args: str, chars: int = 4000) -> subprocess.Popen:
+        """``flwr run *args`` (its log: ``flwr-run.log``) to its end; fails after RUN_TIMEOUT."""
+        run = self.start("flwr-run", [str(BIN / "flwr"), "run", *args])
+        try:
+            run.wait(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{self.tails(chars)}")
+        return run
+
+    def stop(self) -> list[int]:
+        return stop_processes(self.procs, marker=("FLWR_HOME", self.env["FLWR_HOME"]))
 
 
 def flwr_run_to_end(
@@ -194,8 +244,6 @@ def flwr_run_to_end(
     reports them (``flwr run --stream`` exits 0 whether the run failed or not)
     and the log.
     """
-    import pytest
-
     flwr_home = tmp_path / "flwr-home"
     flwr_home.mkdir()
     (flwr_home / "config.toml").write_text(
@@ -204,24 +252,16 @@ def flwr_run_to_end(
     env = {**flwr_env(flwr_home), **(extra_env or {})}
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
-    log_path = tmp_path / "flwr-run.log"
-    marker = ("FLWR_HOME", str(flwr_home))
-    procs: list[subprocess.Popen] = []
+    procs = Processes(env, tmp_path, tmp_path)
     federation = f"num-supernodes={num_supernodes} client-resources-num-cpus=1"
-    args = [str(BIN / "flwr"), "run", str(app), "--stream", "--federation-config", federation]
+    args = [str(app), "--stream", "--federation-config", federation]
     for config in run_configs:
         args += ["--run-config", config]
     try:
-        run = start_logged(args, env, tmp_path, log_path)
-        procs.append(run)
-        try:
-            run.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            tail = log_path.read_text(errors="replace")[-6000:]
-            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{tail}")
+        run = procs.flwr_run(*args, chars=6000)
         runs = run_status(env)
     finally:
-        leftovers = stop_processes(procs, marker=marker)
+        leftovers = procs.stop()
     assert not leftovers, [cmdline(p) for p in leftovers]
-    assert not pids_with_env(*marker)
-    return run.returncode, runs, log_path.read_text(errors="replace")
+    assert not pids_with_env("FLWR_HOME", str(flwr_home))
+    return run.returncode, runs, (tmp_path / "flwr-run.log").read_text(errors="replace")

@@ -6,25 +6,16 @@ import json
 
 import numpy as np
 import pandas as pd
+from baseline_checks import NODES, embedded_loaders
 
 from flwr_pfedrlnas.baselines import FedAvgFixedArch
-from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
 from flwr_pfedrlnas.flower.messages import record_to_arrays
 from flwr_pfedrlnas.supernets import get_supernet
 
-NODES = {11: {"partition-id": 0}, 22: {"partition-id": 1}, 33: {"partition-id": 2}}
-
 
 def _loaders(ctx):
-    data = load_client_data(
-        "embedded",
-        partition_id=ctx.node_config["partition-id"],
-        num_partitions=20,
-        alpha=1.0,
-        seed=0,
-    )
-    return make_loaders(data, batch_size=32, seed=0)
+    return embedded_loaders(ctx.node_config["partition-id"], 20, batch_size=32, alpha=1.0)
 
 
 HANDLERS = {

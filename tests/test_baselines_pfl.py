@@ -11,8 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from baseline_checks import (
+    NODES,
+    embedded_loaders,
+    message_kind,
+    simulate_in_turn,
+    synthetic_loaders,
+)
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.serverapp import Grid, ServerApp
 from torch.utils.data import DataLoader, TensorDataset
 
 from flwr_pfedrlnas.baselines import (
@@ -27,28 +33,17 @@ from flwr_pfedrlnas.baselines import (
     make_baseline,
     train_parts,
 )
-from flwr_pfedrlnas.baselines.app import make_baselines_client_app
 from flwr_pfedrlnas.baselines.client import personal_key
 from flwr_pfedrlnas.baselines.models import attention_keys, is_head_key
-from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.flower.client import identify
 
 MNV3 = {"width_mult": 0.25}
 VIT = {"dim": 16, "depth": 2, "heads": 2, "patch_size": 8, "mlp_ratio": 1.0}
-NODES = {11: {"partition-id": 0}, 22: {"partition-id": 1}, 33: {"partition-id": 2}}
 
 
 def _synthetic(ctx: Context, batch_size: int = 16):
-    """48 train and 16 test images per client, labels tied to the client (non-iid)."""
-    pid = int(ctx.node_config["partition-id"])
-    gen = torch.Generator().manual_seed(pid)
-    x = torch.randn(64, 1, 32, 32, generator=gen)
-    y = (torch.arange(64) % 3 + 3 * pid) % 10
-    x[:, 0, 0, :10] += torch.nn.functional.one_hot(y, 10).float() * 3
-    train = TensorDataset(x[:48], y[:48])
-    test = TensorDataset(x[48:], y[48:])
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
-    return loader, DataLoader(test, batch_size=batch_size)
+    """48 train and 16 test 32x32 images per client, labels tied to the client (non-iid)."""
+    return synthetic_loaders(int(ctx.node_config["partition-id"]), 48, 16, batch_size, size=32)
 
 
 HANDLERS = {
@@ -87,10 +82,6 @@ def _kw(tmp_path, **extra):
     )
     kw.update(extra)
     return kw
-
-
-def _kind(msg: Message) -> str:
-    return msg.metadata.message_type.split(".")[0]
 
 
 def _array_keys(msg: Message) -> set[str]:
@@ -186,7 +177,7 @@ def test_fedrep_heads_stay_on_clients_and_phases_freeze(local_grid, tmp_path):
     trained = [
         n
         for n in heads
-        if any(_kind(m) == "train" for m in grid.sent if m.metadata.dst_node_id == n)
+        if any(message_kind(m) == "train" for m in grid.sent if m.metadata.dst_node_id == n)
     ]
     assert len(trained) >= 2
     a, b = (heads[n] for n in trained[:2])
@@ -194,7 +185,7 @@ def test_fedrep_heads_stay_on_clients_and_phases_freeze(local_grid, tmp_path):
 
     # Body phase (head-epochs 0): the kept head does not move, bit for bit.
     ctx = grid.contexts[11]
-    msg = next(m for m in grid.sent if _kind(m) == "train")
+    msg = next(m for m in grid.sent if message_kind(m) == "train")
     cfg = ConfigRecord(dict(msg.content["config"]))
     cfg["head-epochs"], cfg["local-epochs"] = 0, 1
     body_msg = _train_msg(msg.content["arrays"], cfg, 11)
@@ -237,12 +228,12 @@ def test_fedbabu_head_frozen_at_init_and_finetuned_only_at_the_end(local_grid, t
 
 def _assert_finetune_only_at_the_end(grid, tmp_path, epochs):
     for msg, reply in grid.replies:
-        if _kind(msg) == "query":
+        if message_kind(msg) == "query":
             continue
         rnd = msg.content["config"]["server-round"]
-        if _kind(msg) == "train":
+        if message_kind(msg) == "train":
             assert msg.content["config"]["finetune-epochs"] == 0
-        elif _kind(msg) == "evaluate":
+        elif message_kind(msg) == "evaluate":
             expected = epochs if rnd == 2 else 0
             assert msg.content["config"]["finetune-epochs"] == expected
             assert reply.content["metrics"]["finetune-epochs"] == expected
@@ -265,7 +256,7 @@ def test_fedavg_ft_averages_everything_and_finetunes_only_at_the_end(local_grid,
     strategy = FedAvgFineTune(**_kw(tmp_path / "again", model="vit", model_config=VIT))
     grid = RecordingGrid(local_grid)
     strategy.start(grid, num_rounds=1)
-    replies = [r for q, r in grid.replies if _kind(q) == "train"]
+    replies = [r for q, r in grid.replies if message_kind(q) == "train"]
     w = np.array([r.content["metrics"]["num-examples"] for r in replies], dtype=float)
     key = "head.weight"
     states = [r.content["arrays"][key].numpy() for r in replies]
@@ -289,7 +280,7 @@ def test_local_moves_nothing_and_keeps_own_models(local_grid, tmp_path):
     ]
     assert len(models) >= 2 and not _states_equal(models[0], models[1])
     # Each trained client trained exactly as often as it was sampled (same steps as FedAvg).
-    trained = sum(1 for m in grid.sent if _kind(m) == "train")
+    trained = sum(1 for m in grid.sent if message_kind(m) == "train")
     assert trained == 2 * 2
 
 
@@ -304,7 +295,7 @@ def test_fedtp_hypernetwork_gets_gradients_and_personalises(local_grid, tmp_path
     assert not set(strategy.shared) & set(qkv)  # projections are not global
     generated = {cid: strategy.projections(cid) for cid in ("0", "1", "2")}
     strategy.start(grid, num_rounds=1)
-    msgs = [q for q, _ in grid.replies if _kind(q) == "train"]
+    msgs = [q for q, _ in grid.replies if message_kind(q) == "train"]
     for msg in msgs:  # each client gets its own generated projections, and the rest
         cid = strategy.node_to_client[msg.metadata.dst_node_id]
         assert set(msg.content["arrays"]) == set(strategy.keys)
@@ -357,7 +348,9 @@ def test_resume_keeps_server_and_client_personal_state(local_grid, tmp_path):
     # A client not trained in round 2 evaluated with the head it had saved.
     for node, ctx in grid.contexts.items():
         name = f"{NODES[node]['partition-id']}.fedrep.pt"
-        if not any(_kind(m) == "train" and m.metadata.dst_node_id == node for m in grid.sent):
+        if not any(
+            message_kind(m) == "train" and m.metadata.dst_node_id == node for m in grid.sent
+        ):
             kept = ctx.state[personal_key("fedrep")].to_torch_state_dict()
             assert _states_equal(kept, heads[name])
 
@@ -367,14 +360,8 @@ SIM_CLIENTS = 3
 
 
 def _embedded(context: Context, batch_size: int):
-    data = load_client_data(
-        "embedded",
-        partition_id=int(context.node_config["partition-id"]),
-        num_partitions=40,  # small shards keep the run short
-        alpha=0.5,
-        seed=0,
-    )
-    return make_loaders(data, batch_size=batch_size, seed=0)
+    # Small shards (40 partitions) keep the run short.
+    return embedded_loaders(int(context.node_config["partition-id"]), 40, batch_size, alpha=0.5)
 
 
 METHODS = ["fedavg-ft", "local", "fedrep", "fedbabu", "fedtp"]
@@ -383,25 +370,13 @@ METHODS = ["fedavg-ft", "local", "fedrep", "fedbabu", "fedtp"]
 @pytest.mark.slow
 def test_two_round_simulation_of_every_method(tmp_path):
     """One simulation (one Ray start-up) in which the ServerApp runs every method in turn."""
-    from flwr.simulation import run_simulation
-
     strategies = {}
     for method in METHODS:
         model, knobs = ("vit", VIT) if method == "fedtp" else ("mobilenetv3-large", MNV3)
         kw = _kw(tmp_path / method, model=model, model_config=knobs)
         kw["min_available_nodes"] = SIM_CLIENTS
         strategies[method] = make_baseline(method, **kw, num_clients=SIM_CLIENTS)
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        for strategy in strategies.values():
-            strategy.start(grid, num_rounds=2)
-
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
-    run_simulation(
-        server_app, make_baselines_client_app(_embedded), SIM_CLIENTS, backend_config=backend
-    )
+    simulate_in_turn(strategies, _embedded, SIM_CLIENTS)
     for method in METHODS:
         results = tmp_path / method / "results"
         rounds = pd.read_csv(results / "rounds.csv")

@@ -1,53 +1,33 @@
-"""Tests of the DARTS (path-wise, one operation per edge) supernet family."""
+"""Tests of the DARTS (path-wise, one operation per edge) supernet family: its own
+checks; those every family passes alike are in test_families.py."""
 
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import numpy as np
 import pytest
 import torch
+from family_checks import (
+    RESOLUTION,
+    arch_of,
+    cases,
+    family_fixtures,
+    meta_parameter_counts,
+    num_params,
+    perturbed,
+)
 
-from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
-from flwr_pfedrlnas.supernets import available_supernets, get_supernet, numpy_to_state
+from flwr_pfedrlnas.core.aggregation import extract_subnet, merge_subnets
+from flwr_pfedrlnas.supernets import get_supernet
 from flwr_pfedrlnas.supernets.darts import DARTS_OPERATIONS, DARTSFamily
 
 torch.set_num_threads(1)
 
-# CPU-sized instances: 3 cells (normal, reduce, reduce) on RGB and greyscale.
-CPU_CONFIGS = {
-    "c3-rgb": dict(init_channels=8, num_cells=3, in_channels=3),
-    "c3-grey": dict(init_channels=8, num_cells=3, in_channels=1),
-}
-RESOLUTION = 32
-ARCH_KINDS = ["smallest", "largest", "seed0", "seed1", "seed2"]
-CASES = [(c, a) for c in CPU_CONFIGS for a in ARCH_KINDS]
+families, supernet_states = family_fixtures("darts")
+CASES = cases("darts")
 EDGE_KEY = re.compile(r"^cells\.(\d+)\.edges\.(\d+)\.([a-z0-9_]+)\.")
-
-
-@pytest.fixture(scope="module")
-def families() -> dict[str, DARTSFamily]:
-    return {name: get_supernet("darts", num_classes=10, **cfg) for name, cfg in CPU_CONFIGS.items()}
-
-
-@pytest.fixture(scope="module")
-def supernet_states(families) -> dict[str, dict[str, np.ndarray]]:
-    return {name: fam.init_supernet_state(seed=0) for name, fam in families.items()}
-
-
-def _arch(family: DARTSFamily, kind: str) -> dict:
-    if kind == "smallest":
-        return family.smallest_architecture()
-    if kind == "largest":
-        return family.largest_architecture()
-    return family.search_space.sample(np.random.default_rng(int(kind[4:])))
-
-
-def _case(families, supernet_states, config: str, kind: str):
-    family = families[config]
-    return family, supernet_states[config], _arch(family, kind)
 
 
 def _uniform(family: DARTSFamily, op: str) -> dict:
@@ -58,39 +38,21 @@ def _cell_type(family: DARTSFamily, cell: int) -> str:
     return "reduce" if cell in family.reduction_cells() else "normal"
 
 
-def _num_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def test_registered() -> None:
-    assert "darts" in available_supernets()
-    assert isinstance(get_supernet("darts"), DARTSFamily)
-
-
-@pytest.mark.parametrize("config,kind", CASES)
-def test_forward_backward(families, config: str, kind: str) -> None:
-    family = families[config]
-    cfg = family.config
-    torch.manual_seed(0)
-    net = family.build_subnet(_arch(family, kind))
-    net.train()
-    x = torch.randn(2, cfg["in_channels"], RESOLUTION, RESOLUTION)
-    out = net(x)
-    assert out.shape == (2, cfg["num_classes"])
-    out.square().mean().backward()
-    for name, param in net.named_parameters():
-        if kind == "smallest" and name.startswith("stem."):
-            # Every edge is 'none': the cells output zeros, the stem feeds nothing.
-            assert param.grad is None, name
-            continue
-        assert param.grad is not None, name
-        assert torch.isfinite(param.grad).all(), name
-    if kind == "smallest":
+def test_smallest_subnet_is_stem_and_classifier(families) -> None:
+    for family in families.values():
+        torch.manual_seed(0)
+        net = family.build_subnet(family.smallest_architecture())
+        x = torch.randn(2, family.config["in_channels"], RESOLUTION, RESOLUTION)
+        net(x).square().mean().backward()
         names = {n for n, _ in net.named_parameters()}
         assert names == {"stem.0.weight", "stem.1.weight", "stem.1.bias"} | {
             "classifier.weight",
             "classifier.bias",
         }
+        for name, param in net.named_parameters():
+            if name.startswith("stem."):
+                # Every edge is 'none': the cells output zeros, the stem feeds nothing.
+                assert param.grad is None, name
 
 
 def test_mostly_none_subnet(families) -> None:
@@ -146,34 +108,24 @@ def test_odd_resolution(families) -> None:
 def test_subnet_is_whole_supernet_tensors(
     families, supernet_states, config: str, kind: str
 ) -> None:
-    family, super_state, arch = _case(families, supernet_states, config, kind)
+    # The slicing, extraction and strict loading every family passes are in
+    # test_families.py; a DARTS subnet holds whole supernet tensors.
+    family, super_state = families[config], supernet_states[config]
+    arch = arch_of(family, kind)
     shapes = family.subnet_shapes(arch)
-    assert set(shapes) <= set(super_state)
     slices = family.subnet_slices(arch)
-    assert list(slices) == list(shapes)
     for key, shape in shapes.items():
         assert shape == super_state[key].shape, key
         assert slices[key] == tuple(slice(0, n) for n in shape), key
-
     sub_state = extract_subnet(family, super_state, arch)
-    assert list(sub_state) == list(shapes)
     for key, value in sub_state.items():
-        assert value.dtype == super_state[key].dtype, key
         assert value.tobytes() == super_state[key].tobytes(), key
-    check_subnet_state(family, arch, sub_state, super_state)
-
-    # A subnet built directly has exactly these shapes and loads them strictly.
-    net = family.build_subnet(arch)
-    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes
-    net.load_state_dict(numpy_to_state(sub_state), strict=True)
-    for key, value in net.state_dict().items():
-        np.testing.assert_array_equal(value.numpy(), sub_state[key])
 
 
 @pytest.mark.parametrize("config,kind", CASES)
 def test_subnet_holds_only_chosen_ops(families, config: str, kind: str) -> None:
     family = families[config]
-    arch = _arch(family, kind)
+    arch = arch_of(family, kind)
     shapes = family.subnet_shapes(arch)
     super_shapes = family.supernet_shapes()
     for key in shapes:
@@ -221,7 +173,6 @@ def test_search_space_layout(families) -> None:
         for dim in space:
             assert dim.choices == DARTS_OPERATIONS
         assert space.num_architectures() == 8**28
-        assert space.num_architectures() == math.prod(len(d) for d in space)
     small = DARTSFamily(init_channels=4, steps=3, multiplier=3, operations=["none", "sep_conv_3x3"])
     assert small.num_edges == 9
     assert small.search_space.num_architectures() == 2**18
@@ -231,12 +182,12 @@ def test_largest_and_smallest(families) -> None:
     family = families["c3-rgb"]
     assert family.largest_architecture() == _uniform(family, "sep_conv_5x5")
     assert family.smallest_architecture() == _uniform(family, "none")
-    n_large = _num_params(family.build_subnet(family.largest_architecture()))
-    n_small = _num_params(family.build_subnet(family.smallest_architecture()))
-    n_super = _num_params(family.build_supernet())
+    n_large = num_params(family.build_subnet(family.largest_architecture()))
+    n_small = num_params(family.build_subnet(family.smallest_architecture()))
+    n_super = num_params(family.build_supernet())
     rng = np.random.default_rng(3)
     for _ in range(3):
-        n = _num_params(family.build_subnet(family.search_space.sample(rng)))
+        n = num_params(family.build_subnet(family.search_space.sample(rng)))
         assert n_small < n < n_large < n_super
     # A restricted space: no 'none', no separable convolutions.
     restricted = DARTSFamily(
@@ -254,35 +205,6 @@ def test_largest_and_smallest(families) -> None:
         assert op == ("max_pool_3x3" if name in strided else "skip_connect"), name
 
 
-@pytest.mark.parametrize("config", list(CPU_CONFIGS))
-def test_merge_unchanged_is_identity(families, supernet_states, config) -> None:
-    family, super_state = families[config], supernet_states[config]
-    updates = [
-        (arch, extract_subnet(family, super_state, arch), n)
-        for arch, n in (
-            (_arch(family, "smallest"), 5),
-            (_arch(family, "seed0"), 3),
-            (_arch(family, "seed1"), 11),
-            (_arch(family, "largest"), 2),
-        )
-    ]
-    merged = merge_subnets(family, super_state, updates)
-    assert list(merged) == list(super_state)
-    for key, old in super_state.items():
-        assert merged[key].dtype == old.dtype, key
-        assert merged[key].tobytes() == old.tobytes(), key
-
-
-def _perturbed(sub: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
-    out = {}
-    for key, value in sub.items():
-        if value.dtype.kind == "f":
-            out[key] = value + rng.normal(0.0, 0.05, value.shape).astype(value.dtype)
-        else:
-            out[key] = value + 5
-    return out
-
-
 def test_two_clients_different_ops(families, supernet_states) -> None:
     family, super_state = families["c3-rgb"], supernet_states["c3-rgb"]
     base = family.search_space.sample(np.random.default_rng(0))
@@ -292,8 +214,8 @@ def test_two_clients_different_ops(families, supernet_states) -> None:
     arch_a["reduce.edge0"] = "skip_connect"
     arch_b["reduce.edge0"] = "avg_pool_3x3"
     rng = np.random.default_rng(7)
-    new_a = _perturbed(extract_subnet(family, super_state, arch_a), rng)
-    new_b = _perturbed(extract_subnet(family, super_state, arch_b), rng)
+    new_a = perturbed(extract_subnet(family, super_state, arch_a), rng)
+    new_b = perturbed(extract_subnet(family, super_state, arch_b), rng)
     n_a, n_b = 3, 9
     merged = merge_subnets(family, super_state, [(arch_a, new_a, n_a), (arch_b, new_b, n_b)])
     only_a = set(new_a) - set(new_b)
@@ -317,45 +239,13 @@ def test_two_clients_different_ops(families, supernet_states) -> None:
             assert merged[key].tobytes() == old.tobytes(), key
 
 
-@pytest.mark.parametrize("config", list(CPU_CONFIGS))
-def test_config_round_trip(families, config) -> None:
-    family = families[config]
-    config_dict = json.loads(family.config_json())
-    assert config_dict["operations"] == list(DARTS_OPERATIONS)
-    again = get_supernet("darts", **config_dict)
-    assert again.config == family.config
-    assert again.config_json() == family.config_json()
-    assert again.search_space.to_json() == family.search_space.to_json()
-    assert again.supernet_shapes() == family.supernet_shapes()
-    arch = _arch(family, "seed1")
-    assert again.subnet_shapes(arch) == family.subnet_shapes(arch)
+def test_config_names_the_operations(families) -> None:
+    # The round trip of the config every family passes is in test_families.py.
+    for family in families.values():
+        assert json.loads(family.config_json())["operations"] == list(DARTS_OPERATIONS)
 
 
-@pytest.mark.parametrize(
-    "knobs",
-    [
-        dict(num_cells=2),
-        dict(init_channels=0),
-        dict(steps=2, multiplier=3),
-        dict(in_channels=1.5),
-        dict(operations=[]),
-        dict(operations=["none", "conv_7x1_1x7"]),
-        dict(operations=["none", "none"]),
-        dict(operations="sep_conv_3x3"),
-        dict(affine=1),
-    ],
-)
-def test_bad_knobs(knobs) -> None:
-    with pytest.raises(ValueError):
-        DARTSFamily(**knobs)
-
-
-def test_bad_architecture(families) -> None:
-    family = families["c3-grey"]
-    arch = family.largest_architecture()
-    arch["reduce.edge7"] = "sep_conv_7x7"
-    with pytest.raises(ValueError, match="reduce.edge7"):
-        family.build_subnet(arch)
+def test_operation_outside_a_restricted_space() -> None:
     restricted = DARTSFamily(init_channels=8, num_cells=3, operations=["none", "skip_connect"])
     with pytest.raises(ValueError, match="normal.edge0"):
         restricted.build_subnet(_uniform(restricted, "sep_conv_3x3"))
@@ -363,16 +253,13 @@ def test_bad_architecture(families) -> None:
 
 def test_paper_size_on_meta_device() -> None:
     family = get_supernet("darts")  # DARTS search: 16 channels, 8 cells, 10 classes
-    with torch.device("meta"):
-        supernet = family.build_supernet()
-        largest = family.build_subnet(family.largest_architecture())
-        smallest = family.build_subnet(family.smallest_architecture())
-    assert all(p.is_meta for p in supernet.parameters())
-    n_super = _num_params(supernet)
+    n_super, n_large, n_small = meta_parameter_counts(
+        family, family.largest_architecture(), family.smallest_architecture()
+    )
     # DARTS's train_search.py reports "param size = 1.930618MB" for this network.
     assert n_super == 1_930_618
-    assert 500_000 < _num_params(largest) < n_super
-    assert _num_params(smallest) < 10_000
+    assert 500_000 < n_large < n_super
+    assert n_small < 10_000
     assert family.reduction_cells() == [2, 5]
     shapes = family.supernet_shapes()
     assert shapes["stem.0.weight"] == (48, 3, 3, 3)

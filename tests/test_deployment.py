@@ -17,13 +17,11 @@ import pytest
 from flwr_processes import (
     APP,
     BIN,
-    RUN_TIMEOUT,
     SUPERNET_CONFIG,
+    Processes,
     flwr_env,
     free_port,
     run_status,
-    start_logged,
-    stop_processes,
 )
 
 pytestmark = pytest.mark.slow
@@ -67,15 +65,9 @@ def test_flwr_run_deployment(tmp_path):
         "insecure = true\n"
     )
 
-    procs: list[subprocess.Popen] = []
-
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        proc = start_logged(args, env, tmp_path, logs / f"{name}.log")
-        procs.append(proc)
-        return proc
-
+    procs = Processes(env, tmp_path, logs)
     try:
-        link = start(
+        link = procs.start(
             "superlink",
             [
                 str(BIN / "flower-superlink"),
@@ -91,7 +83,7 @@ def test_flwr_run_deployment(tmp_path):
         )
         _wait_healthy(link_port, link, logs / "superlink.log")
         for i in range(NUM_NODES):
-            start(
+            procs.start(
                 f"supernode-{i}",
                 [
                     str(BIN / "flower-supernode"),
@@ -111,33 +103,24 @@ def test_flwr_run_deployment(tmp_path):
             f"clients-per-round={NUM_NODES} results-dir='{results}'"
         )
         # --stream blocks until the run has finished and all its logs are out.
-        run = start(
-            "flwr-run",
-            [
-                str(BIN / "flwr"),
-                "run",
-                str(APP),
-                "local-deployment",
-                "--stream",
-                "--run-config",
-                run_config,
-                "--run-config",
-                f"supernet-config='{SUPERNET_CONFIG}'",
-            ],
+        run = procs.flwr_run(
+            str(APP),
+            "local-deployment",
+            "--stream",
+            "--run-config",
+            run_config,
+            "--run-config",
+            f"supernet-config='{SUPERNET_CONFIG}'",
         )
-        try:
-            run.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{_logs(logs)}")
-        assert run.returncode == 0, _logs(logs)
+        assert run.returncode == 0, procs.tails()
         # `flwr run --stream` exits 0 even when the run fails: ask the SuperLink.
         runs = run_status(env, "local-deployment")
-        assert [r["status"] for r in runs] == ["finished:completed"], (_logs(logs), runs)
+        assert [r["status"] for r in runs] == ["finished:completed"], (procs.tails(), runs)
 
         rounds_csv = results / "rounds.csv"
-        assert rounds_csv.exists(), _logs(logs)
+        assert rounds_csv.exists(), procs.tails()
         rounds = pd.read_csv(rounds_csv)
-        assert list(rounds["round"]) == list(range(1, ROUNDS + 1)), _logs(logs)
+        assert list(rounds["round"]) == list(range(1, ROUNDS + 1)), procs.tails()
         assert (rounds["num-accepted"] == NUM_NODES).all()
         assert (rounds["num-evaluated"] == NUM_NODES).all()
         clients = pd.read_csv(results / "clients.csv")
@@ -145,12 +128,5 @@ def test_flwr_run_deployment(tmp_path):
         assert (results / "checkpoint" / "state.json").exists()
         assert f"[round {ROUNDS}/{ROUNDS}]" in (logs / "flwr-run.log").read_text()
     finally:
-        leftovers = stop_processes(procs, marker=("FLWR_HOME", str(flwr_home)))
+        leftovers = procs.stop()
     assert not leftovers, f"processes left running: {leftovers}"
-
-
-def _logs(logs: Path) -> str:
-    parts = []
-    for log in sorted(logs.glob("*.log")):
-        parts.append(f"----- {log.name}\n{log.read_text(errors='replace')[-4000:]}")
-    return "\n".join(parts)

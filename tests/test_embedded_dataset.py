@@ -18,22 +18,13 @@ from flwr_datasets.partitioner import (
     SizePartitioner,
     SquarePartitioner,
 )
+from torchvision.datasets import FashionMNIST
 
 from flwr_pfedrlnas.data import embedded_dataset, embedded_permutation
 
 N = 12_000
-FASHION_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+# The published class names, as torchvision's loader of the dataset has them.
+FASHION_NAMES = list(FashionMNIST.classes)
 
 
 def _npz_pool() -> tuple[np.ndarray, np.ndarray]:

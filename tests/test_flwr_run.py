@@ -8,23 +8,19 @@ temporary ``FLWR_HOME``, finds it (and everything it started) by that
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from flwr_processes import (
     APP,
-    BIN,
-    RUN_TIMEOUT,
     SUPERNET_CONFIG,
+    Processes,
     cmdline,
     flwr_env,
     free_port,
     pids_with_env,
     run_status,
-    start_logged,
-    stop_processes,
 )
 
 pytestmark = pytest.mark.slow
@@ -48,31 +44,20 @@ def test_flwr_run_simulation(tmp_path):
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
     log_path = tmp_path / "flwr-run.log"
     marker = ("FLWR_HOME", str(flwr_home))
-    procs: list[subprocess.Popen] = []
+    procs = Processes(env, tmp_path, tmp_path)
     try:
-        run = start_logged(
-            [
-                str(BIN / "flwr"),
-                "run",
-                str(APP),
-                "--stream",
-                "--federation-config",
-                f"num-supernodes={NUM_SUPERNODES} client-resources-num-cpus=1",
-                "--run-config",
-                f"num-server-rounds={ROUNDS} num-clients={NUM_SUPERNODES} "
-                f"clients-per-round=2 results-dir='{results}'",
-                "--run-config",
-                f"supernet-config='{SUPERNET_CONFIG}'",
-            ],
-            env,
-            tmp_path,
-            log_path,
+        run = procs.flwr_run(
+            str(APP),
+            "--stream",
+            "--federation-config",
+            f"num-supernodes={NUM_SUPERNODES} client-resources-num-cpus=1",
+            "--run-config",
+            f"num-server-rounds={ROUNDS} num-clients={NUM_SUPERNODES} "
+            f"clients-per-round=2 results-dir='{results}'",
+            "--run-config",
+            f"supernet-config='{SUPERNET_CONFIG}'",
+            chars=6000,
         )
-        procs.append(run)
-        try:
-            run.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{_tail(log_path)}")
         assert run.returncode == 0, _tail(log_path)
         # `flwr run --stream` exits 0 even when the run fails: ask the SuperLink.
         runs = run_status(env)
@@ -96,7 +81,7 @@ def test_flwr_run_simulation(tmp_path):
         for name in ("config.json", "accuracy.png", "checkpoint/state.json"):
             assert (results / name).exists(), name
     finally:
-        leftovers = stop_processes(procs, marker=marker)
+        leftovers = procs.stop()
     assert not leftovers, [cmdline(p) for p in leftovers]
     assert not pids_with_env(*marker)
 

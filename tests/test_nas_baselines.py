@@ -9,18 +9,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from baseline_checks import (
+    NODES,
+    embedded_loaders,
+    message_kind,
+    nas_handlers,
+    simulate_in_turn,
+    synthetic_loaders,
+    tiny_darts,
+)
 from flwr.app import Context, Message
-from flwr.serverapp import Grid, ServerApp
-from torch.utils.data import DataLoader, TensorDataset
 
-from flwr_pfedrlnas.baselines.app import make_baselines_client_app
 from flwr_pfedrlnas.baselines.nas import (
     NAS_BASELINES,
     FedNAS,
     FedRLNAS,
     MixedDARTS,
     derive_architecture,
-    handle,
     make_nas_baseline,
     onehot_weights,
     zero_alphas,
@@ -29,48 +34,19 @@ from flwr_pfedrlnas.baselines.nas.base import weighted_mean
 from flwr_pfedrlnas.baselines.nas.fednas import ALPHAS
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.core.search_space import architecture_from_json
-from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import identify
-from flwr_pfedrlnas.supernets import get_supernet
 
 OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
-FAMILY = get_supernet(
-    "darts",
-    init_channels=4,
-    num_cells=3,
-    steps=2,
-    multiplier=2,
-    in_channels=1,
-    num_classes=10,
-    operations=OPS,
-)
-NODES = {11: {"partition-id": 0}, 22: {"partition-id": 1}, 33: {"partition-id": 2}}
+FAMILY = tiny_darts(OPS)
 
 
 def _synthetic(ctx: Context, batch_size: int = 16):
     """24-40 train and 16 test 8x8 images per client, labels tied to the client."""
     pid = int(ctx.node_config["partition-id"])
-    n_train = 24 + 8 * pid
-    gen = torch.Generator().manual_seed(pid)
-    x = torch.randn(n_train + 16, 1, 8, 8, generator=gen)
-    y = (torch.arange(n_train + 16) % 3 + 3 * pid) % 10
-    x.view(-1, 64)[:, :10] += torch.nn.functional.one_hot(y, 10).float() * 3
-    loader = DataLoader(
-        TensorDataset(x[:n_train], y[:n_train]), batch_size=batch_size, shuffle=True, generator=gen
-    )
-    return loader, DataLoader(TensorDataset(x[n_train:], y[n_train:]), batch_size=batch_size)
+    return synthetic_loaders(pid, 24 + 8 * pid, 16, batch_size)
 
 
-HANDLERS = {
-    "query": identify,
-    "train": lambda msg, ctx: handle("train", msg, ctx, _synthetic, device="cpu"),
-    "evaluate": lambda msg, ctx: handle("evaluate", msg, ctx, _synthetic, device="cpu"),
-}
-
-
-def _kind(msg: Message) -> str:
-    return msg.metadata.message_type.split(".")[0]
+HANDLERS = nas_handlers(_synthetic)
 
 
 def _round(msg: Message) -> int:
@@ -163,7 +139,7 @@ def test_fednas_averages_weights_and_architecture_by_examples(local_grid):
     strategy = FedNAS(FAMILY, search_rounds=1, evaluate_every=10, **_kw())
     before = {k: v.copy() for k, v in strategy.supernet.items()}
     strategy.start(grid, num_rounds=1)
-    train = [(msg, r) for msg, r in replies if _kind(msg) == "train"]
+    train = [(msg, r) for msg, r in replies if message_kind(msg) == "train"]
     assert len(train) == 2
     for msg, _ in train:  # the whole supernet and the logits go to every client
         assert set(msg.content["arrays"].keys()) == set(before)
@@ -190,7 +166,7 @@ def test_fednas_then_trains_one_derived_architecture_for_everyone(local_grid):
     strategy.start(grid, num_rounds=2)
     arch = strategy.arch
     round2 = [msg for msg, _ in replies if _round(msg) == 2]
-    assert {_kind(msg) for msg in round2} == {"train", "evaluate"}
+    assert {message_kind(msg) for msg in round2} == {"train", "evaluate"}
     for msg in round2:
         assert architecture_from_json(msg.content["config"][m.ARCH], FAMILY.search_space) == arch
         assert set(msg.content["arrays"].keys()) == set(FAMILY.subnet_shapes(arch))
@@ -203,7 +179,7 @@ def test_fednas_then_trains_one_derived_architecture_for_everyone(local_grid):
 
 def test_fednas_refuses_a_reply_with_nan_logits(local_grid):
     def tamper(msg, reply):
-        if _kind(msg) == "train" and msg.metadata.dst_node_id == 11:
+        if message_kind(msg) == "train" and msg.metadata.dst_node_id == 11:
             bad = reply.content[ALPHAS]["normal"].numpy().copy()
             bad[0, 0] = np.nan
             reply.content[ALPHAS] = m.arrays_to_record(
@@ -233,7 +209,7 @@ def test_fedrlnas_one_shared_policy_moved_by_the_mean_reinforce_gradient(local_g
         **_kw(),
     )
     strategy.start(grid, num_rounds=2)
-    search = [(msg, r) for msg, r in replies if _kind(msg) == "train" and _round(msg) == 2]
+    search = [(msg, r) for msg, r in replies if message_kind(msg) == "train" and _round(msg) == 2]
     accs = [float(r.content["metrics"][m.ACCURACY]) for _, r in search]
     archs = [
         architecture_from_json(msg.content["config"][m.ARCH], FAMILY.search_space)
@@ -268,7 +244,7 @@ def test_fedrlnas_trains_and_deploys_the_argmax_for_everyone(local_grid):
 
 def test_fedrlnas_refuses_a_subnet_of_another_shape(local_grid):
     def tamper(msg, reply):
-        if _kind(msg) == "train" and msg.metadata.dst_node_id == 22:
+        if message_kind(msg) == "train" and msg.metadata.dst_node_id == 22:
             state = {k: v.numpy() for k, v in reply.content["arrays"].items()}
             key = next(iter(state))
             state[key] = np.zeros((1, 2, 3), dtype=np.float32)
@@ -293,34 +269,17 @@ def test_make_nas_baseline_names_the_unknown_method():
 
 # ---------------------------------------------------------------------- Flower simulation
 SIM_CLIENTS = 4
-SIM_FAMILY = get_supernet(
-    "darts",
-    init_channels=4,
-    num_cells=3,
-    steps=2,
-    multiplier=2,
-    in_channels=1,
-    num_classes=10,
-    operations=["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"],
-)
+SIM_FAMILY = tiny_darts(["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"])
 
 
 def _embedded(context: Context, batch_size: int):
-    data = load_client_data(
-        "embedded",
-        partition_id=int(context.node_config["partition-id"]),
-        num_partitions=60,  # small shards keep the run short
-        alpha=0.5,
-        seed=0,
-    )
-    return make_loaders(data, batch_size=batch_size, seed=0)
+    # Small shards (60 partitions) keep the run short.
+    return embedded_loaders(int(context.node_config["partition-id"]), 60, batch_size, alpha=0.5)
 
 
 @pytest.mark.slow
 def test_two_round_simulation_of_every_nas_method(tmp_path):
     """One Flower simulation in which the ServerApp runs each method for two rounds."""
-    from flwr.simulation import run_simulation
-
     knobs = {
         "fednas": {"search_rounds": 1},
         "fedrlnas": {"warmup_rounds": 1, "search_rounds": 1},
@@ -339,17 +298,7 @@ def test_two_round_simulation_of_every_nas_method(tmp_path):
         )
         for method, kw in knobs.items()
     }
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        for strategy in strategies.values():
-            strategy.start(grid, num_rounds=2)
-
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2}}
-    run_simulation(
-        server_app, make_baselines_client_app(_embedded), SIM_CLIENTS, backend_config=backend
-    )
+    simulate_in_turn(strategies, _embedded, SIM_CLIENTS)
     supernet_bytes = sum(v.nbytes for v in SIM_FAMILY.init_supernet_state(0).values())
     for method in knobs:
         rounds = pd.read_csv(tmp_path / method / "rounds.csv")

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from baseline_checks import message_kind, nas_handlers, synthetic_loaders, tiny_darts
 from flwr.app import Array, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from torch.utils.data import DataLoader, TensorDataset
 
 from flwr_pfedrlnas.baselines.nas.base import NAS_STEP, content_bytes
 from flwr_pfedrlnas.baselines.nas.client import handle
@@ -28,20 +28,9 @@ from flwr_pfedrlnas.baselines.nas.fedoras_tiers import _parameter_count
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search_space import architecture_from_json, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import identify
 from flwr_pfedrlnas.protocol.rounds import RoundSchedule
-from flwr_pfedrlnas.supernets import get_supernet
 
-FAMILY = get_supernet(
-    "darts",
-    init_channels=4,
-    num_cells=3,
-    steps=2,
-    multiplier=2,
-    in_channels=1,
-    num_classes=10,
-    operations=["none", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"],
-)
+FAMILY = tiny_darts(["none", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"])
 NUM_NODES = 8
 NODES = {100 + i: {"partition-id": i} for i in range(NUM_NODES)}
 CLIENTS = [str(i) for i in range(NUM_NODES)]
@@ -50,15 +39,7 @@ CLIENTS = [str(i) for i in range(NUM_NODES)]
 def _synthetic(ctx: Context, batch_size: int = 16):
     """24-40 train and 16 test 8x8 images per client, labels tied to the client."""
     pid = int(ctx.node_config["partition-id"])
-    n_train = 24 + 8 * (pid % 3)
-    gen = torch.Generator().manual_seed(pid)
-    x = torch.randn(n_train + 16, 1, 8, 8, generator=gen)
-    y = (torch.arange(n_train + 16) % 3 + 3 * pid) % 10
-    x.view(-1, 64)[:, :10] += torch.nn.functional.one_hot(y, 10).float() * 3
-    train = TensorDataset(x[:n_train], y[:n_train])
-    test = TensorDataset(x[n_train:], y[n_train:])
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen)
-    return loader, DataLoader(test, batch_size=batch_size)
+    return synthetic_loaders(pid, 24 + 8 * (pid % 3), 16, batch_size)
 
 
 class _NoTestSplit:
@@ -75,11 +56,7 @@ def _evaluate(msg: Message, ctx: Context) -> Message:
     return handle("evaluate", msg, ctx, _synthetic, device="cpu")
 
 
-HANDLERS = {
-    "query": identify,
-    "train": lambda msg, ctx: handle("train", msg, ctx, _synthetic, device="cpu"),
-    "evaluate": _evaluate,
-}
+HANDLERS = {**nas_handlers(_synthetic), "evaluate": _evaluate}
 
 
 def _strategy(**extra) -> FedorAS:
@@ -102,10 +79,6 @@ def _strategy(**extra) -> FedorAS:
 
 def _step(msg: Message) -> str:
     return str(msg.content["config"].get(NAS_STEP, ""))
-
-
-def _kind(msg: Message) -> str:
-    return msg.metadata.message_type.split(".")[0]
 
 
 def _round(msg: Message) -> int:
@@ -213,7 +186,7 @@ def test_tiers_follow_profiles_and_phase1_archs_fit_budgets(local_grid):
     assert all(x < y for x, y in zip(budgets, budgets[1:]))
     assert budgets[-1] == strategy.model_size(FAMILY.largest_architecture())
     # Every architecture sent for training fits the receiving client's tier.
-    train_msgs = [msg for msg in grid.sent if _kind(msg) == MessageType.TRAIN]
+    train_msgs = [msg for msg in grid.sent if message_kind(msg) == MessageType.TRAIN]
     assert len(train_msgs) == 2 * 4
     for msg in train_msgs:
         assert _step(msg) == "subnet"
@@ -225,7 +198,7 @@ def test_tiers_follow_profiles_and_phase1_archs_fit_budgets(local_grid):
         assert set(msg.content["arrays"]) == set(FAMILY.subnet_shapes(arch))
     # Phase 1: every client tests its tier's reference architecture.
     for msg in grid.sent:
-        if _kind(msg) == MessageType.EVALUATE:
+        if message_kind(msg) == MessageType.EVALUATE:
             ref = strategy.reference_archs[tier_of[_client_of(grid, msg)]]
             assert msg.content["config"][m.ARCH] == architecture_to_json(ref)
     for t, ref in enumerate(strategy.reference_archs):
@@ -241,7 +214,7 @@ def test_search_picks_best_example_weighted_candidate_per_tier(local_grid):
     original: dict[str, list[float]] = {}
 
     def tamper(msg, reply):
-        if _kind(msg) == MessageType.EVALUATE and _step(msg) == "candidates":
+        if message_kind(msg) == MessageType.EVALUATE and _step(msg) == "candidates":
             cid = str(reply.content["config"][m.CLIENT_ID])
             metrics = reply.content["metrics"]
             original[cid] = list(metrics[ACCURACIES])
@@ -291,7 +264,7 @@ def test_search_picks_best_example_weighted_candidate_per_tier(local_grid):
     assert list(rows["phase"]) == ["supernet", "finetune"]
     # The search's traffic counts in round 2, with that round's training.
     timed = cand_msgs + [
-        msg for msg in grid.sent if _kind(msg) == MessageType.TRAIN and _round(msg) == 2
+        msg for msg in grid.sent if message_kind(msg) == MessageType.TRAIN and _round(msg) == 2
     ]
     assert rows["bytes-down"][1] == sum(content_bytes(msg.content) for msg in timed)
     clients = strategy.recorder.clients_frame()
@@ -321,7 +294,7 @@ def test_finetune_averages_each_tier_separately(local_grid):
         replies = [
             (msg, reply)
             for msg, reply in grid.replies
-            if _kind(msg) == MessageType.TRAIN and _round(msg) == rnd
+            if message_kind(msg) == MessageType.TRAIN and _round(msg) == rnd
         ]
         assert len(replies) == 2
         for tier in range(4):
@@ -387,7 +360,7 @@ def _targeting(action):
     done: set[tuple[str, int]] = set()
 
     def tamper(msg, reply):
-        kind = _step(msg) if _step(msg) == "candidates" else _kind(msg)
+        kind = _step(msg) if _step(msg) == "candidates" else message_kind(msg)
         if kind not in ("candidates", MessageType.TRAIN) or msg.metadata.message_type not in (
             MessageType.TRAIN,
             MessageType.EVALUATE,

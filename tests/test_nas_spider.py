@@ -11,10 +11,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from baseline_checks import NODES, message_kind, nas_handlers, synthetic_loaders, tiny_darts
 from flwr.app import Array, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from torch.utils.data import DataLoader, TensorDataset
 
-from flwr_pfedrlnas.baselines.nas.client import handle
 from flwr_pfedrlnas.baselines.nas.darts_mixed import MixedDARTS, onehot_weights
 from flwr_pfedrlnas.baselines.nas.spider import SPIDER
 from flwr_pfedrlnas.baselines.nas.spider_client import spider_train
@@ -34,44 +33,21 @@ from flwr_pfedrlnas.baselines.nas.spider_search import (
 )
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import identify
-from flwr_pfedrlnas.supernets import get_supernet, state_to_numpy
+from flwr_pfedrlnas.supernets import state_to_numpy
 from flwr_pfedrlnas.training import train
 
 OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
-FAMILY = get_supernet(
-    "darts",
-    init_channels=4,
-    num_cells=3,
-    steps=1,
-    multiplier=1,
-    in_channels=1,
-    num_classes=10,
-    operations=list(OPS),
-)
-NODES = {11: {"partition-id": 0}, 22: {"partition-id": 1}, 33: {"partition-id": 2}}
+FAMILY = tiny_darts(OPS, steps=1, multiplier=1)
 NUM_EDGES = len(FAMILY.search_space)
 
 
 def load_data(ctx: Context, batch_size: int = 8):
     """8 + 8 * pid train and 8 test 8x8 images; labels tied to the client (non-iid)."""
     pid = int(ctx.node_config["partition-id"])
-    n_train = 8 + 8 * pid
-    gen = torch.Generator().manual_seed(pid)
-    x = torch.randn(n_train + 8, 1, 8, 8, generator=gen)
-    y = (torch.arange(n_train + 8) % 3 + 3 * pid) % 10
-    x.view(len(x), -1)[:, :10] += torch.nn.functional.one_hot(y, 10).float() * 3
-    train_set = TensorDataset(x[:n_train], y[:n_train])
-    test_set = TensorDataset(x[n_train:], y[n_train:])
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-    return loader, DataLoader(test_set, batch_size=batch_size)
+    return synthetic_loaders(pid, 8 + 8 * pid, 8, batch_size)
 
 
-HANDLERS = {
-    "query": identify,
-    "train": lambda msg, ctx: handle("train", msg, ctx, load_data),
-    "evaluate": lambda msg, ctx: handle("evaluate", msg, ctx, load_data),
-}
+HANDLERS = nas_handlers(load_data, device=None)
 
 
 def _strategy(**kw) -> SPIDER:
@@ -99,10 +75,6 @@ def _grid(local_grid, tamper=None):
     grid = local_grid(NODES, HANDLERS, tamper=hook)
     grid.seen = seen
     return grid
-
-
-def _kind(msg: Message) -> str:
-    return msg.metadata.message_type.split(".")[0]
 
 
 def _context(pid: int) -> Context:
@@ -181,7 +153,7 @@ def test_new_supernet_is_the_example_weighted_mean_of_the_replies(local_grid):
     before = {k: v.copy() for k, v in strategy.supernet.items()}
     grid = _grid(local_grid)
     strategy.start(grid, num_rounds=1)
-    replies = [r for msg, r in grid.seen if _kind(msg) == "train"]
+    replies = [r for msg, r in grid.seen if message_kind(msg) == "train"]
     assert len(replies) == 2
     counts = [float(r.content["metrics"][m.NUM_EXAMPLES]) for r in replies]
     assert len(set(counts)) == 2 and set(counts) <= {8.0, 16.0, 24.0}  # unequal weights
@@ -197,7 +169,7 @@ def test_new_supernet_is_the_example_weighted_mean_of_the_replies(local_grid):
     assert any(not np.array_equal(before[k], strategy.supernet[k]) for k in before)
     # The whole supernet goes down and comes back.
     for msg, reply in grid.seen:
-        if _kind(msg) == "train":
+        if message_kind(msg) == "train":
             assert set(msg.content["arrays"]) == set(before) == set(reply.content["arrays"])
 
 
@@ -210,7 +182,7 @@ def test_personal_weights_never_travel_and_clients_differ(local_grid):
     personals = {n: _personal(ctx) for n, ctx in grid.contexts.items()}
     assert len(personals) == 3
     for msg, reply in grid.seen:
-        if _kind(msg) == "query":
+        if message_kind(msg) == "query":
             continue
         for record in (msg.content, reply.content):
             assert set(record.array_records) <= {"arrays"}
@@ -221,7 +193,7 @@ def test_personal_weights_never_travel_and_clients_differ(local_grid):
             for personal in personals.values():
                 assert not any(torch.equal(state[k], personal[k]) for k in params)
     # The reply's arrays are the global part: the received supernet, trained with uniform mixing.
-    msg, reply = next((q, r) for q, r in grid.seen if _kind(q) == "train")
+    msg, reply = next((q, r) for q, r in grid.seen if message_kind(q) == "train")
     ctx = grid.contexts[msg.metadata.dst_node_id]
     model = MixedDARTS(FAMILY, weights=onehot_weights(FAMILY, {}))
     model.net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -311,13 +283,13 @@ def test_proximal_term_pulls_personal_weights_to_the_global_ones():
 
 # ---------------------------------------------------------------------- (e) bad replies
 def _nan_tamper(msg, reply):
-    if _kind(msg) == "train" and msg.metadata.dst_node_id == 11:
+    if message_kind(msg) == "train" and msg.metadata.dst_node_id == 11:
         arrays = reply.content["arrays"]
         key = next(k for k in arrays if arrays[k].numpy().dtype.kind == "f")
         bad = arrays[key].numpy().copy()
         bad.flat[0] = np.nan
         arrays[key] = Array(bad)
-    if _kind(msg) == "train" and msg.metadata.dst_node_id == 22:
+    if message_kind(msg) == "train" and msg.metadata.dst_node_id == 22:
         metrics = dict(reply.content["metrics"])
         metrics[m.ACCURACY] = 1.5
         reply.content["metrics"] = MetricRecord(metrics)
@@ -325,7 +297,7 @@ def _nan_tamper(msg, reply):
 
 
 def _drop(msg, reply):
-    if _kind(msg) == "train" and msg.metadata.dst_node_id in (11, 22):
+    if message_kind(msg) == "train" and msg.metadata.dst_node_id in (11, 22):
         return None
     return reply
 

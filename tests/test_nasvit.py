@@ -1,17 +1,16 @@
-"""Tests of the NASViT supernet family (MBConv stages + transformer stages)."""
+"""Tests of the NASViT supernet family (MBConv stages + transformer stages): its own
+checks; those every family passes alike are in test_families.py."""
 
 from __future__ import annotations
-
-import json
-import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from family_checks import CPU_CONFIGS, arch_of, family_fixtures, meta_parameter_counts
 
-from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
-from flwr_pfedrlnas.supernets import available_supernets, get_supernet, numpy_to_state
+from flwr_pfedrlnas.core.aggregation import extract_subnet
+from flwr_pfedrlnas.supernets import get_supernet, numpy_to_state
 from flwr_pfedrlnas.supernets._nasvit_blocks import relative_position_index
 from flwr_pfedrlnas.supernets.nasvit import (
     NASVIT_CONV_STAGES,
@@ -21,127 +20,13 @@ from flwr_pfedrlnas.supernets.nasvit import (
 
 torch.set_num_threads(1)
 
-# CPU-sized instances for 32x32 data: two conv + two transformer stages on RGB
-# (upsampled to 40 at the larger resolution), three conv + one transformer stage
-# on greyscale (downsampled to 24 at the smaller resolution).
-CPU_CONFIGS = {
-    "c2v2-rgb": dict(
-        width_mult=0.5,
-        channel_divisor=4,
-        num_conv_stages=2,
-        num_vit_stages=2,
-        resolution_choices=[32, 40],
-        in_channels=3,
-    ),
-    "c3v1-grey": dict(
-        width_mult=0.25,
-        channel_divisor=4,
-        num_conv_stages=3,
-        num_vit_stages=1,
-        resolution_choices=[24, 32],
-        in_channels=1,
-        head_width_choices=[256, 320],
-        vit_depth_choices=[[1, 2]],
-    ),
-}
-ARCH_KINDS = ["smallest", "largest", "seed0", "seed1", "seed2"]
-CASES = [(c, a) for c in CPU_CONFIGS for a in ARCH_KINDS]
-
-
-@pytest.fixture(scope="module")
-def families() -> dict[str, NASViTFamily]:
-    return {
-        name: get_supernet("nasvit", num_classes=10, **cfg) for name, cfg in CPU_CONFIGS.items()
-    }
-
-
-@pytest.fixture(scope="module")
-def supernet_states(families) -> dict[str, dict[str, np.ndarray]]:
-    return {name: fam.init_supernet_state(seed=0) for name, fam in families.items()}
-
-
-def _arch(family: NASViTFamily, kind: str) -> dict:
-    if kind == "smallest":
-        return family.smallest_architecture()
-    if kind == "largest":
-        return family.largest_architecture()
-    return family.search_space.sample(np.random.default_rng(int(kind[4:])))
-
-
-def _case(families, supernet_states, config: str, kind: str):
-    family = families[config]
-    return family, supernet_states[config], _arch(family, kind)
-
-
-def test_registered() -> None:
-    assert "nasvit" in available_supernets()
-    assert isinstance(get_supernet("nasvit"), NASViTFamily)
-
-
-@pytest.mark.parametrize("config,kind", CASES)
-def test_forward_backward(families, config: str, kind: str) -> None:
-    family = families[config]
-    cfg = family.config
-    torch.manual_seed(0)
-    net = family.build_subnet(_arch(family, kind))
-    net.train()
-    x = torch.randn(2, cfg["in_channels"], 32, 32)
-    out = net(x)
-    assert out.shape == (2, cfg["num_classes"])
-    out.square().mean().backward()
-    for name, param in net.named_parameters():
-        assert param.grad is not None, name
-        assert torch.isfinite(param.grad).all(), name
-    net.eval()
-    with torch.no_grad():
-        assert net(x).shape == (2, cfg["num_classes"])
-
-
-@pytest.mark.parametrize("config,kind", CASES)
-def test_subnet_is_slice_of_supernet(families, supernet_states, config: str, kind: str) -> None:
-    family, super_state, arch = _case(families, supernet_states, config, kind)
-    shapes = family.subnet_shapes(arch)
-    assert set(shapes) <= set(super_state)
-    slices = family.subnet_slices(arch)
-    assert list(slices) == list(shapes)
-    sub_state = {k: np.array(super_state[k][s]) for k, s in slices.items()}
-    for key, value in sub_state.items():
-        assert value.shape == shapes[key], key
-
-    # A subnet built directly has exactly these shapes and loads them strictly.
-    net = family.build_subnet(arch)
-    direct = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    assert direct == shapes
-    net.load_state_dict(numpy_to_state(sub_state), strict=True)
-    for key, value in net.state_dict().items():
-        np.testing.assert_array_equal(value.numpy(), sub_state[key])
-
-
-@pytest.mark.parametrize("config,kind", CASES)
-def test_extract_subnet(families, supernet_states, config: str, kind: str) -> None:
-    family, super_state, arch = _case(families, supernet_states, config, kind)
-    shapes = family.subnet_shapes(arch)
-    slices = family.subnet_slices(arch)
-    sub_state = extract_subnet(family, super_state, arch)
-    assert list(sub_state) == list(shapes)
-    for key, value in sub_state.items():
-        assert value.shape == shapes[key], key
-        assert value.dtype == super_state[key].dtype, key
-        np.testing.assert_array_equal(value, super_state[key][slices[key]])
-    check_subnet_state(family, arch, sub_state, super_state)
-    net = family.build_subnet(arch)
-    net.load_state_dict(numpy_to_state(sub_state), strict=True)
-
-
-def test_largest_subnet_is_supernet(families) -> None:
-    for family in families.values():
-        assert family.subnet_shapes(family.largest_architecture()) == (family.supernet_shapes())
+families, supernet_states = family_fixtures("nasvit")
 
 
 def test_no_module_shared_by_reference(families) -> None:
     family = families["c2v2-rgb"]
-    a = family.build_subnet(_arch(family, "seed0"))
-    b = family.build_subnet(_arch(family, "seed0"))
+    a = family.build_subnet(arch_of(family, "seed0"))
+    b = family.build_subnet(arch_of(family, "seed0"))
     supernet = family.build_supernet()
     ids = [{id(p) for p in m.parameters()} for m in (a, b, supernet)]
     assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2]
@@ -241,85 +126,6 @@ def test_fewer_heads_are_leading_rows(families, supernet_states) -> None:
         torch.testing.assert_close(big(x_pad, 3, 3)[..., :32], small(x, 3, 3))
 
 
-@pytest.mark.parametrize("kernel,start", [(3, 1), (5, 0)])
-def test_kernel_is_centre_crop(families, supernet_states, kernel, start) -> None:
-    family, super_state = families["c2v2-rgb"], supernet_states["c2v2-rgb"]
-    arch = family.largest_architecture()
-    arch["conv2.kernel"] = kernel
-    sub = extract_subnet(family, super_state, arch)
-    for block in range(5):
-        key = f"conv_stages.1.{block}.dw.conv.weight"
-        assert sub[key].shape[2:] == (kernel, kernel)
-        crop = super_state[key][..., start : start + kernel, start : start + kernel]
-        np.testing.assert_array_equal(sub[key], crop)
-    assert sub["conv_stages.0.0.dw.conv.weight"].shape[2:] == (5, 5)
-
-
-@pytest.mark.parametrize("config", list(CPU_CONFIGS))
-def test_merge_unchanged_is_identity(families, supernet_states, config) -> None:
-    family, super_state = families[config], supernet_states[config]
-    updates = [
-        (arch, extract_subnet(family, super_state, arch), n)
-        for arch, n in (
-            (_arch(family, "smallest"), 5),
-            (_arch(family, "seed0"), 3),
-            (_arch(family, "seed1"), 11),
-            (_arch(family, "largest"), 2),
-        )
-    ]
-    merged = merge_subnets(family, super_state, updates)
-    assert list(merged) == list(super_state)
-    for key, old in super_state.items():
-        assert merged[key].dtype == old.dtype, key
-        assert merged[key].tobytes() == old.tobytes(), key
-
-
-@pytest.mark.parametrize("config,kind", [("c2v2-rgb", "seed0"), ("c3v1-grey", "seed2")])
-def test_merge_one_client_then_extract(families, supernet_states, config, kind) -> None:
-    family, super_state, arch = _case(families, supernet_states, config, kind)
-    rng = np.random.default_rng(7)
-    sub = extract_subnet(family, super_state, arch)
-    modified = {}
-    for key, value in sub.items():
-        if value.dtype.kind == "f":
-            noise = rng.normal(0.0, 0.05, value.shape).astype(value.dtype)
-            modified[key] = value + noise
-        else:
-            modified[key] = value + 5
-    other = _arch(family, "smallest")
-    other_sub = extract_subnet(family, super_state, other)
-    merged = merge_subnets(family, super_state, [(arch, modified, 7)])
-    again = extract_subnet(family, merged, arch)
-    for key, value in modified.items():
-        np.testing.assert_array_equal(again[key], value)
-    # Entries outside the subnet keep their bits.
-    slices = family.subnet_slices(arch)
-    for key, old in super_state.items():
-        mask = np.ones(old.shape, dtype=bool)
-        if key in slices:
-            mask[slices[key]] = False
-        assert merged[key][mask].tobytes() == old[mask].tobytes(), key
-    # A second, unchanged client pulls shared entries toward the old values.
-    merged2 = merge_subnets(family, super_state, [(arch, modified, 7), (other, other_sub, 7)])
-    key = "stem.conv.weight"
-    both = tuple(slice(0, n) for n in other_sub[key].shape)
-    expected = (modified[key][both].astype(np.float64) + other_sub[key]) / 2
-    np.testing.assert_allclose(merged2[key][both], expected, rtol=1e-6)
-
-
-@pytest.mark.parametrize("config", list(CPU_CONFIGS))
-def test_config_round_trip(families, config) -> None:
-    family = families[config]
-    config_dict = json.loads(family.config_json())
-    again = get_supernet("nasvit", **config_dict)
-    assert again.config == family.config
-    assert again.config_json() == family.config_json()
-    assert again.search_space.to_json() == family.search_space.to_json()
-    assert again.supernet_shapes() == family.supernet_shapes()
-    arch = _arch(family, "seed1")
-    assert again.subnet_shapes(arch) == family.subnet_shapes(arch)
-
-
 def test_search_space_layout(families) -> None:
     for family in families.values():
         space = family.search_space
@@ -338,9 +144,6 @@ def test_search_space_layout(families) -> None:
             ]
             + ["head.width"]
         )
-        assert space.num_architectures() == math.prod(len(d) for d in space)
-        for dim in space:
-            assert list(dim.choices) == sorted(dim.choices)
         head_dim = family.config["head_dim"]
         for j in range(1, n_vit + 1):
             assert all(w % head_dim == 0 for w in space[f"vit{j}.width"].choices)
@@ -399,7 +202,7 @@ def test_width_mult_collapses_duplicate_choices() -> None:
 def test_cpu_instance_trains(families) -> None:
     family = families["c2v2-rgb"]
     torch.manual_seed(0)
-    net = family.build_subnet(_arch(family, "seed1"))
+    net = family.build_subnet(arch_of(family, "seed1"))
     x = torch.randn(8, 3, 32, 32)
     y = torch.arange(8) % 10
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -414,40 +217,8 @@ def test_cpu_instance_trains(families) -> None:
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize(
-    "knobs",
-    [
-        dict(num_conv_stages=0),
-        dict(num_conv_stages=4),
-        dict(num_vit_stages=0),
-        dict(num_vit_stages=5),
-        dict(width_mult=0),
-        dict(head_dim=0),
-        dict(resolution_choices=[224, 192]),
-        dict(resolution_choices=[]),
-        dict(conv_kernel_choices=[[3, 4], [3, 5], [3, 5]]),
-        dict(conv_width_choices=[[16, 24]]),  # three stages need three lists
-        dict(conv_depth_choices=[[], [3], [3]]),
-        dict(vit_expand_choices=[[2, 1]] * 4),
-        dict(vit_depth_choices=[[0, 1]] * 4),
-        dict(dropout=1.0),
-        dict(mlp_ratio=0),
-        dict(value_expand=0),
-        dict(layer_scale_init=0),
-        dict(interpolation="area"),
-    ],
-)
-def test_bad_knobs(knobs) -> None:
-    with pytest.raises(ValueError):
-        NASViTFamily(**knobs)
-
-
-def test_bad_architecture(families) -> None:
+def test_architecture_without_resolution(families) -> None:
     family = families["c3v1-grey"]
-    arch = family.largest_architecture()
-    arch["vit1.width"] = 20
-    with pytest.raises(ValueError, match="vit1.width"):
-        family.build_subnet(arch)
     arch = family.largest_architecture()
     del arch["resolution"]
     with pytest.raises(ValueError, match="resolution"):
@@ -456,12 +227,7 @@ def test_bad_architecture(families) -> None:
 
 def test_paper_size_on_meta_device() -> None:
     family = get_supernet("nasvit")  # defaults: the NASViT table, 10 classes
-    with torch.device("meta"):
-        supernet = family.build_supernet()
-        smallest = family.build_subnet(family.smallest_architecture())
-    assert all(p.is_meta for p in supernet.parameters())
-    n_super = sum(p.numel() for p in supernet.parameters())
-    n_small = sum(p.numel() for p in smallest.parameters())
+    n_super, n_small = meta_parameter_counts(family, family.smallest_architecture())
     # NASViT-A0..A5 span about 5 to 10 million parameters with 1000 classes; the
     # supernet (every stage at its largest depth, mb5 with 8 transformer blocks,
     # values 4x wide) is larger.
@@ -522,7 +288,7 @@ def test_input_is_resized_bicubically(families) -> None:
     hook.remove()
     expected = F.interpolate(x, size=(40, 40), mode="bicubic", align_corners=False)
     torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
-    bilinear = get_supernet("nasvit", interpolation="bilinear", **CPU_CONFIGS["c2v2-rgb"])
+    bilinear = get_supernet("nasvit", interpolation="bilinear", **CPU_CONFIGS["nasvit"]["c2v2-rgb"])
     assert bilinear.build_subnet(arch).interpolation == "bilinear"
 
 

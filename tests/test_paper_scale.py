@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,11 +31,11 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from flwr_processes import kill_leftovers
 
 from flwr_pfedrlnas.experiments.reproduce import (
     app_defaults,
     load_experiment,
-    pids_with_env,
     resolve_app,
 )
 
@@ -282,15 +281,7 @@ def test_every_method_runs_at_paper_size(path, stand_ins, tmp_path):
             for key in ("dataset", "local-epochs", "batch-size", "dirichlet-alpha"):
                 assert used[key] == paper.run_config[key], (spec.name, key)
     finally:
-        deadline = time.monotonic() + 15
-        while pids_with_env("PAPER_SMOKE_MARKER", marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = pids_with_env("PAPER_SMOKE_MARKER", marker)
-        for pid in left:  # leave nothing behind, even when failing
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        left = kill_leftovers(("PAPER_SMOKE_MARKER", marker))
     assert not left, left
     print(f"{path.stem}: {len(paper.methods)} methods in {time.monotonic() - start:.0f} s")
 

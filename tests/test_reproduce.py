@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from flwr_processes import kill_leftovers
 
 from flwr_pfedrlnas.experiments import report
 from flwr_pfedrlnas.experiments.reproduce import (
@@ -22,7 +22,6 @@ from flwr_pfedrlnas.experiments.reproduce import (
     load_experiment,
     main,
     method_run_config,
-    pids_with_env,
     resolve_app,
 )
 
@@ -356,18 +355,10 @@ def test_reproduce_end_to_end(tmp_path):
         assert pd.read_csv(out / "table.csv").equals(table)
     finally:
         # nothing the runner started is left: neither by its marker nor by its FLWR_HOME
-        deadline = time.monotonic() + 15
-        while pids_with_env("REPRODUCE_TEST_MARKER", marker) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = pids_with_env("REPRODUCE_TEST_MARKER", marker)
-        if (out / "runs.json").is_file():
-            left += pids_with_env(
-                "FLWR_HOME", json.loads((out / "runs.json").read_text())["flwr-home"]
-            )
-        for pid in set(left):  # leave nothing behind, even when failing
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        runs_json = out / "runs.json"
+        homes = []
+        if runs_json.is_file():
+            homes.append(("FLWR_HOME", json.loads(runs_json.read_text())["flwr-home"]))
+        left = kill_leftovers(("REPRODUCE_TEST_MARKER", marker), homes)
         assert not left, left
     print(f"end-to-end reproduction took {time.monotonic() - start:.0f} s")

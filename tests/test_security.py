@@ -31,13 +31,11 @@ from cryptography.x509.oid import NameOID
 from flwr_processes import (
     APP,
     BIN,
-    RUN_TIMEOUT,
     SUPERNET_CONFIG,
+    Processes,
     flwr_env,
     free_port,
     run_status,
-    start_logged,
-    stop_processes,
 )
 
 pytestmark = pytest.mark.slow
@@ -136,12 +134,6 @@ def _nodes(env) -> list[dict]:
     return json.loads(out.stdout).get("nodes", [])
 
 
-def _logs(logs: Path) -> str:
-    return "\n".join(
-        f"----- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(logs.glob("*"))
-    )
-
-
 # ---------------------------------------------------------------------- test
 def test_tls_and_supernode_authentication(tmp_path):
     keys = tmp_path / "keys"
@@ -160,15 +152,10 @@ def test_tls_and_supernode_authentication(tmp_path):
         '[superlink]\ndefault = "secure"\n\n[superlink.secure]\n'
         f'address = "127.0.0.1:{port}"\nroot-certificates = "{tls["ca.crt"]}"\n'
     )
-    procs: list[subprocess.Popen] = []
-
-    def start(name, args):
-        proc = start_logged(args, env, tmp_path, logs / f"{name}.log")
-        procs.append(proc)
-        return proc
+    procs = Processes(env, tmp_path, logs)
 
     def supernode(name, *extra, node_config):
-        return start(
+        return procs.start(
             name,
             [
                 str(BIN / "flower-supernode"),
@@ -185,7 +172,7 @@ def test_tls_and_supernode_authentication(tmp_path):
         )
 
     try:
-        link = start(
+        link = procs.start(
             "superlink",
             [
                 str(BIN / "flower-superlink"),
@@ -248,41 +235,33 @@ def test_tls_and_supernode_authentication(tmp_path):
             try:
                 proc.wait(timeout=90)
             except subprocess.TimeoutExpired:
-                pytest.fail(f"{name} SuperNode was not refused:\n{_logs(logs)}")
+                pytest.fail(f"{name} SuperNode was not refused:\n{procs.tails(3000)}")
             assert proc.returncode != 0
         assert "Failed to activate SuperNode" in (logs / "intruder.log").read_text()
 
         deadline = time.monotonic() + 60
         while sum(n["status"] == "online" for n in _nodes(env)) < 2:
-            assert time.monotonic() < deadline, _logs(logs)
+            assert time.monotonic() < deadline, procs.tails(3000)
             time.sleep(0.5)
         assert len(_nodes(env)) == 2  # the intruder never became a node
         assert _flwr(env, "ls", "secure").returncode == 0  # the CLI works over TLS
 
         if os.environ.get("PFEDRLNAS_TLS_RUN") != "1":
             return  # the full run below takes ~5 min on a shared 2-core box
-        run = start(
-            "flwr-run",
-            [
-                str(BIN / "flwr"),
-                "run",
-                str(APP),
-                "secure",
-                "--stream",
-                "--run-config",
-                f"num-server-rounds=1 num-clients=2 clients-per-round=2 results-dir='{results}'",
-                "--run-config",
-                f"supernet-config='{SUPERNET_CONFIG}'",
-            ],
+        procs.flwr_run(
+            str(APP),
+            "secure",
+            "--stream",
+            "--run-config",
+            f"num-server-rounds=1 num-clients=2 clients-per-round=2 results-dir='{results}'",
+            "--run-config",
+            f"supernet-config='{SUPERNET_CONFIG}'",
+            chars=3000,
         )
-        try:
-            run.wait(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"flwr run did not finish in {RUN_TIMEOUT} s:\n{_logs(logs)}")
         runs = run_status(env, "secure")
-        assert [r["status"] for r in runs] == ["finished:completed"], (_logs(logs), runs)
+        assert [r["status"] for r in runs] == ["finished:completed"], (procs.tails(3000), runs)
         rounds = pd.read_csv(results / "rounds.csv")
         assert list(rounds["num-accepted"]) == [2] and list(rounds["num-evaluated"]) == [2]
     finally:
-        leftovers = stop_processes(procs, marker=("FLWR_HOME", str(flwr_home)))
+        leftovers = procs.stop()
     assert not leftovers, f"processes left running: {leftovers}"

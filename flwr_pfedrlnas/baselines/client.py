@@ -31,7 +31,8 @@ from flwr_pfedrlnas.flower.personal import (
 from flwr_pfedrlnas.training import (
     evaluate,
     make_optimizer,
-    recalibrate_batchnorm,
+    recalibrate_as_configured,
+    resolve_device,
     run_epochs,
     training_options,
 )
@@ -81,12 +82,6 @@ def build_from_config(config: ConfigRecord | dict[str, Any]) -> nn.Module:
         model_config=str(config.get(MODEL_CONFIG, "")),
         seed=int(config.get(SEED, 0)),
     )
-
-
-def _device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def train_parts(
@@ -213,7 +208,7 @@ def baseline_train(
     train-loss, compute-seconds.
     """
     config = msg.content["config"]
-    dev = _device(device)
+    dev = resolve_device(device)
     model, method, model_name = _personal_model(msg, context, build, arrayrecord_key)
     epochs, lr = int(config.get(m.LOCAL_EPOCHS, 1)), float(config.get(m.LR, 0.05))
     options = training_options(config)
@@ -279,7 +274,7 @@ def baseline_evaluate(
     fine-tuned weights are used for this test and not kept.
     """
     config = msg.content["config"]
-    dev = _device(device)
+    dev = resolve_device(device)
     model, method, model_name = _personal_model(msg, context, build, arrayrecord_key)
     finetune = int(config.get(FINETUNE_EPOCHS, 0))
     lr = float(config.get(m.LR, 0.05))
@@ -292,9 +287,9 @@ def baseline_evaluate(
         )
     else:
         finetune = 0
-    batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
-    if batches != 0:
-        recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, dev)
+    recalibrate_as_configured(
+        model, train_loader, int(config.get(m.BN_RECALIBRATION_BATCHES, 0)), dev
+    )
     loss, accuracy, n = evaluate(model, test_loader, device=dev)
     content = RecordDict(
         {

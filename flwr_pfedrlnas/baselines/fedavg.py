@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 
-from flwr_pfedrlnas.baselines.nas.base import weighted_mean
+from flwr_pfedrlnas.baselines.nas.base import checked_unprefixed, weighted_mean
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_from_json
 from flwr_pfedrlnas.core.search_space import architecture_to_json as arch_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.method import Method
 from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
-from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
+from flwr_pfedrlnas.protocol.checkpoint import prefixed
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["FedAvgFixedArch"]
@@ -101,6 +101,4 @@ class FedAvgFixedArch(Method):
         return prefixed(WEIGHTS_PREFIX, self.weights), {}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        weights = unprefixed(WEIGHTS_PREFIX, arrays)
-        check_shapes(weights, self.weights)
-        self.weights = weights
+        self.weights = checked_unprefixed(WEIGHTS_PREFIX, arrays, self.weights)

@@ -14,10 +14,10 @@ from flwr.app import RecordDict
 from torch import nn
 
 from flwr_pfedrlnas.baselines.models import attention_keys
+from flwr_pfedrlnas.baselines.nas.base import checked_unprefixed
 from flwr_pfedrlnas.baselines.personalised import PersonalisedFedAvg
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
-from flwr_pfedrlnas.protocol.checkpoint import unprefixed
+from flwr_pfedrlnas.flower.replies import reply_arrays
 
 __all__ = ["AttentionHypernetwork", "FedTP"]
 
@@ -176,9 +176,8 @@ class FedTP(PersonalisedFedAvg):
         return arrays, {**meta, "client-index": dict(self.client_index)}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        hn = unprefixed(HYPERNETWORK_PREFIX, arrays)
         own = {k: v.detach().cpu().numpy() for k, v in self.hypernetwork.state_dict().items()}
-        check_shapes(hn, own)
+        hn = checked_unprefixed(HYPERNETWORK_PREFIX, arrays, own)
         index = {str(c): int(i) for c, i in meta["client-index"].items()}
         super().load_state_dict(arrays, meta)
         self.hypernetwork.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in hn.items()})

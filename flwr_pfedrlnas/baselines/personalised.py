@@ -14,11 +14,11 @@ from flwr.app import ConfigRecord, RecordDict
 
 from flwr_pfedrlnas.baselines import client as bc
 from flwr_pfedrlnas.baselines.models import build_model, is_head_key, parse_model_config
-from flwr_pfedrlnas.baselines.nas.base import weighted_mean
+from flwr_pfedrlnas.baselines.nas.base import checked_unprefixed, weighted_mean
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.method import Method
 from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
-from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
+from flwr_pfedrlnas.protocol.checkpoint import prefixed
 
 __all__ = [
     "FedAvgFineTune",
@@ -196,9 +196,7 @@ class PersonalisedFedAvg(Method):
         return prefixed(SHARED_PREFIX, self.shared), {}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        shared = unprefixed(SHARED_PREFIX, arrays)
-        check_shapes(shared, self.shared)
-        self.shared = shared
+        self.shared = checked_unprefixed(SHARED_PREFIX, arrays, self.shared)
 
 
 class FedAvgFineTune(PersonalisedFedAvg):

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -50,11 +50,14 @@ __all__ = [
     "display_path",
     "flwr_binary",
     "flwr_command",
+    "free_port",
     "pids_with_env",
+    "process_alive",
     "run_experiment",
     "run_method",
     "shell_join",
     "shell_quote",
+    "signal_and_wait",
 ]
 
 FLWR_ENV = {
@@ -118,13 +121,15 @@ def display_path(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- processes
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (from ``/proc``)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -146,9 +151,31 @@ def pids_with_env(key: str, value: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+        if needle in environ.split(b"\0") and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return sorted(found)
+
+
+def signal_and_wait(
+    pids: Sequence[int], sig: int, grace: float, poll: Callable[[], object] | None = None
+) -> None:
+    """Send ``sig`` to each of ``pids``, then wait up to ``grace`` seconds for all to end.
+
+    A process already gone, or not ours to signal, is passed over. ``poll``
+    is called before each look (e.g. to reap the caller's own children).
+    """
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if poll is not None:
+            poll()
+        if not any(process_alive(p) for p in pids):
+            break
+        time.sleep(0.2)
 
 
 class LocalSuperLink:
@@ -176,8 +203,8 @@ class LocalSuperLink:
         env.update(FLWR_ENV)
         env.update(
             FLWR_HOME=str(self.home),
-            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-            FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
+            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
+            FLWR_LOCAL_CONTROL_API_PORT=str(free_port()),
             PYTHONUNBUFFERED="1",
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         )
@@ -199,14 +226,7 @@ class LocalSuperLink:
             pids = self.pids()
             if not pids:
                 break
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(_alive(p) for p in pids):
-                time.sleep(0.2)
+            signal_and_wait(pids, sig, grace)
         left = self.pids()
         if self.keep_log is not None:
             log = self.home / "local-superlink" / "superlink.log"

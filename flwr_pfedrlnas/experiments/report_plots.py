@@ -29,6 +29,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Lay out, write at 120 dpi and close ``fig``; the path written."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def _plot_curves(
     results: Sequence[MethodResult], path: Path, x_column: str, xlabel: str, title: str
 ) -> Path | None:
@@ -58,10 +67,7 @@ def _plot_curves(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_accuracy_vs_round(
@@ -114,11 +120,7 @@ def plot_client_accuracy(
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title or "Per-client accuracy at the last round", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_theorem1(
@@ -152,8 +154,4 @@ def plot_theorem1(
     fig.suptitle(
         title or "Theorem 1: similar data, similar architectures (client pairs)", fontsize=10
     )
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -26,7 +26,13 @@ from flwr_pfedrlnas.flower.replies import check_shapes, reply_arrays
 from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
 from flwr_pfedrlnas.supernets import SupernetFamily
 
-__all__ = ["NAS_STEP", "FederatedNASBaseline", "content_bytes", "weighted_mean"]
+__all__ = [
+    "NAS_STEP",
+    "FederatedNASBaseline",
+    "checked_unprefixed",
+    "content_bytes",
+    "weighted_mean",
+]
 
 # ConfigRecord key naming what the client does with a message (see .client).
 NAS_STEP = "nas-step"
@@ -46,6 +52,20 @@ def weighted_mean(
         acc = np.asarray(sum(wi * np.asarray(s[key], dtype=np.float64) for wi, s in zip(w, states)))
         out[key] = (np.rint(acc) if first.dtype.kind in "iu" else acc).astype(first.dtype)
     return out
+
+
+def checked_unprefixed(
+    prefix: str, arrays: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The checkpoint's arrays under ``prefix``, once they have ``expected``'s names and shapes.
+
+    ``ValueError`` (from :func:`~flwr_pfedrlnas.flower.replies.check_shapes`)
+    when they do not: a checkpoint of another model is refused before any
+    state is replaced.
+    """
+    restored = unprefixed(prefix, arrays)
+    check_shapes(restored, expected)
+    return restored
 
 
 class FederatedNASBaseline(Method):
@@ -122,6 +142,4 @@ class FederatedNASBaseline(Method):
         return prefixed(SUPERNET_PREFIX, self.supernet), {}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        supernet = unprefixed(SUPERNET_PREFIX, arrays)
-        check_shapes(supernet, self.supernet)
-        self.supernet = supernet
+        self.supernet = checked_unprefixed(SUPERNET_PREFIX, arrays, self.supernet)

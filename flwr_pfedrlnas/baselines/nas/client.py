@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from flwr_pfedrlnas.baselines.nas.base import NAS_STEP
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import LoadData, evaluate_subnet, train_subnet
+from flwr_pfedrlnas.training import resolve_device as device_of
 
 __all__ = ["StepHandler", "device_of", "register_step", "steps"]
 
@@ -41,12 +42,6 @@ def register_step(kind: str, step: str) -> Callable[[StepHandler], StepHandler]:
 def steps() -> dict[tuple[str, str], StepHandler]:
     """The registered ``(kind, step) -> handler`` table (a copy)."""
     return dict(_STEPS)
-
-
-def device_of(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @register_step("train", "subnet")

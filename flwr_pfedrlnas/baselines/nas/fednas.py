@@ -15,14 +15,18 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
+from flwr_pfedrlnas.baselines.nas.base import (
+    FederatedNASBaseline,
+    checked_unprefixed,
+    weighted_mean,
+)
 from flwr_pfedrlnas.baselines.nas.client import register_step
 from flwr_pfedrlnas.baselines.nas.darts_mixed import MixedDARTS, derive_architecture, zero_alphas
 from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
-from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
+from flwr_pfedrlnas.protocol.checkpoint import prefixed
 from flwr_pfedrlnas.supernets import get_supernet
 from flwr_pfedrlnas.training import evaluate
 
@@ -142,8 +146,7 @@ class FedNAS(FederatedNASBaseline):
         return arrays, {**meta, "arch": self.arch}
 
     def load_state_dict(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        alphas = unprefixed(ALPHAS_PREFIX, arrays)
-        self.check_shapes(alphas, self.alphas)
+        alphas = checked_unprefixed(ALPHAS_PREFIX, arrays, self.alphas)
         arch = meta.get("arch")
         arch = None if arch is None else self.family.search_space.validate(arch)
         super().load_state_dict(arrays, meta)

@@ -21,7 +21,7 @@ import pandas as pd
 from flwr.app import ArrayRecord, RecordDict
 from flwr.common import log
 
-from flwr_pfedrlnas.baselines.nas.base import weighted_mean
+from flwr_pfedrlnas.baselines.nas.base import checked_unprefixed, weighted_mean
 
 # The client side, re-exported so that the names keep their old import path.
 from flwr_pfedrlnas.baselines.nas.fedoras_client import (
@@ -41,7 +41,7 @@ from flwr_pfedrlnas.core.search_space import (
 )
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.identity import natural_sorted
-from flwr_pfedrlnas.protocol.checkpoint import prefixed, unprefixed
+from flwr_pfedrlnas.protocol.checkpoint import prefixed
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = [
@@ -256,9 +256,8 @@ class FedorAS(FedorASSearch):
             raise ValueError(f"checkpoint has {len(archs)} tiers, the method {self.num_tiers}")
         models = []
         for t in range(int(meta["num-tier-models"])):
-            model = unprefixed(f"{TIER_PREFIX}{t}/", arrays)
-            self.check_shapes(model, extract_subnet(self.family, self.supernet, archs[t]))
-            models.append(model)
+            expected = extract_subnet(self.family, self.supernet, archs[t])
+            models.append(checked_unprefixed(f"{TIER_PREFIX}{t}/", arrays, expected))
         arch_rng, candidate_rng = np.random.default_rng(), np.random.default_rng()
         arch_rng.bit_generator.state = meta["arch-rng"]
         candidate_rng.bit_generator.state = meta["candidate-rng"]

@@ -14,56 +14,29 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
+from flwr_pfedrlnas.baselines.nas import spider_client, spider_search
 from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
 from flwr_pfedrlnas.baselines.nas.darts_mixed import alpha_shapes
 
-# Client-side names are re-exported from here so that they keep their old import path.
-from flwr_pfedrlnas.baselines.nas.spider_client import (
-    personal_module,
-    spider_evaluate,
-    spider_train,
-)
+# The client steps and the local search are re-exported from here, so that their
+# names keep their old import path.
+from flwr_pfedrlnas.baselines.nas.spider_client import *  # noqa: F403
+from flwr_pfedrlnas.baselines.nas.spider_search import *  # noqa: F403
 from flwr_pfedrlnas.baselines.nas.spider_search import (
     DECIDED_EDGES,
     EDGES_PER_STEP,
     LAMBDA,
-    META_KEY,
-    PERSONAL_KEY,
     SEED,
     STEP,
     VAL_BATCHES,
     WARMUP,
-    candidate_operations,
-    edge_order,
-    masked_weights,
     parse_decided,
-    proximal_train,
-    select_operation,
 )
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.supernets import SupernetFamily
 
-__all__ = [
-    "DECIDED_EDGES",
-    "EDGES_PER_STEP",
-    "LAMBDA",
-    "META_KEY",
-    "PERSONAL_KEY",
-    "SEED",
-    "SPIDER",
-    "VAL_BATCHES",
-    "WARMUP",
-    "candidate_operations",
-    "edge_order",
-    "masked_weights",
-    "parse_decided",
-    "personal_module",
-    "proximal_train",
-    "select_operation",
-    "spider_evaluate",
-    "spider_train",
-]
+__all__ = ["SPIDER", *spider_client.__all__, *spider_search.__all__]
 
 
 class SPIDER(FederatedNASBaseline):

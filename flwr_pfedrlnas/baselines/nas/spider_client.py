@@ -39,7 +39,7 @@ from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
-from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, train
+from flwr_pfedrlnas.training import evaluate, recalibrate_as_configured, train
 
 __all__ = ["personal_module", "spider_evaluate", "spider_train"]
 
@@ -230,9 +230,9 @@ def spider_evaluate(
         model, _ = personal_module(family, received, {})
     else:
         model, _ = personal_module(family, personal, decided)
-    batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
-    if batches != 0:
-        recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, device)
+    recalibrate_as_configured(
+        model, train_loader, int(config.get(m.BN_RECALIBRATION_BATCHES, 0)), device
+    )
     loss, accuracy, n = evaluate(model, test_loader, device=device)
     content = RecordDict(
         {
