@@ -16,11 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from flwr_pfedrlnas.supernets import get_supernet
+
 COLUMNS = ["accuracy-mean", "search-gain", "random-subnet-accuracy", "largest-subnet-accuracy"]
 
 
-def _entropy_fraction(clients: pd.DataFrame, num_dims: int) -> float:
-    return float(clients["policy-entropy"].mean() / (num_dims * math.log(3)))
+def _max_entropy(run: Path) -> float:
+    """The maximal policy entropy of the run's search space (sum of ln(choices))."""
+    config = json.loads((run / "config.json").read_text())
+    family = get_supernet(config["supernet"], **config["supernet-config"])
+    return float(sum(math.log(len(d)) for d in family.search_space))
 
 
 def collect(root: Path) -> pd.DataFrame:
@@ -34,9 +39,6 @@ def collect(root: Path) -> pd.DataFrame:
         if "search-gain" not in rounds.columns or math.isnan(last["search-gain"]):
             continue
         variant, _, seed = run.name.rpartition("-s")
-        # Dimensions of one choice (the widths here) carry no entropy: count the searched ones.
-        arch = json.loads(clients["arch"].iloc[0])
-        searched_dims = sum(1 for k in arch if not k.endswith(".width"))
         rows.append(
             {
                 "variant": variant,
@@ -46,7 +48,8 @@ def collect(root: Path) -> pd.DataFrame:
                 "clients-with-gain>0": int((clients["search-gain"] > 0).sum()),
                 "clients": len(clients),
                 "policy-updates-mean": float(clients["policy-steps"].mean()),
-                "entropy/max": _entropy_fraction(clients, searched_dims),
+                # Dimensions of one choice (the widths here) add nothing to the maximum.
+                "entropy/max": float(clients["policy-entropy"].mean() / _max_entropy(run)),
             }
         )
     return pd.DataFrame(rows)
