@@ -16,6 +16,7 @@ import pandas as pd
 __all__ = [
     "TABLE_COLUMNS",
     "MethodResult",
+    "convergence",
     "evaluated_rounds",
     "format_cell",
     "load_method",
@@ -39,7 +40,13 @@ TABLE_COLUMNS = [
     "bytes-per-round",
     "round-wall-seconds",
     "wall-seconds",
+    "last-10%-gain",
+    "converged",
 ]
+# The stopping rule of the converged tables: the mean accuracy over the evaluated rounds
+# of the last 10 % of the run improves on that of the 10 % before by less than 1 point.
+CONVERGENCE_WINDOW = 0.1
+CONVERGENCE_TOLERANCE = 0.01
 
 
 @dataclass
@@ -129,6 +136,32 @@ def evaluated_rounds(rounds: pd.DataFrame) -> pd.DataFrame:
     return rounds.dropna(subset=["accuracy-mean"])
 
 
+def convergence(
+    rounds: pd.DataFrame,
+    window: float = CONVERGENCE_WINDOW,
+    tolerance: float = CONVERGENCE_TOLERANCE,
+) -> tuple[float, bool | None]:
+    """The stopping rule: (gain of the last window over the one before, converged?).
+
+    With ``R`` the last round, the last window is the rounds in ``(R(1 - w), R]``
+    and the one before ``(R(1 - 2w), R(1 - w)]``; each is the mean of
+    ``accuracy-mean`` over its evaluated rounds. Converged: the gain is below
+    ``tolerance``. ``(nan, None)`` when a window has no evaluated round (evaluate
+    more often, or run longer).
+    """
+    data = evaluated_rounds(rounds)
+    if not len(data):
+        return float("nan"), None
+    last = float(rounds["round"].max())
+    edge, start = last * (1 - window), last * (1 - 2 * window)
+    late = data[data["round"] > edge]["accuracy-mean"]
+    early = data[(data["round"] > start) & (data["round"] <= edge)]["accuracy-mean"]
+    if not len(late) or not len(early):
+        return float("nan"), None
+    gain = float(late.mean() - early.mean())
+    return gain, bool(gain < tolerance)
+
+
 def summarise_method(
     rounds: pd.DataFrame, wall_seconds: float | None = None
 ) -> dict[str, float | int | None]:
@@ -152,7 +185,8 @@ def summarise_method(
         of ``bytes-down + bytes-up``), ``round-wall-seconds`` (median over
         rounds of the wall time of a round, ``wall-seconds`` of ``rounds.csv``:
         the simulation's own round time, without the run's start-up),
-        ``wall-seconds`` (the whole run).
+        ``wall-seconds`` (the whole run), ``last-10%-gain`` and ``converged``
+        (:func:`convergence`).
     """
     nan = float("nan")
     out: dict[str, float | int | None] = {
@@ -167,6 +201,7 @@ def summarise_method(
         "round-wall-seconds": nan,
         "wall-seconds": nan if wall_seconds is None else float(wall_seconds),
     }
+    out["last-10%-gain"], out["converged"] = convergence(rounds)
     data = evaluated_rounds(rounds)
     if len(data):
         last = data.iloc[-1]
@@ -215,6 +250,7 @@ def markdown_table(table: pd.DataFrame) -> list[str]:
         "MB moved / round",
         "wall s / round (median)",
         "wall time (s)",
+        "last 10 % gain (converged?)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
@@ -229,9 +265,16 @@ def markdown_table(table: pd.DataFrame) -> list[str]:
             format_cell(row["bytes-per-round"] / 1e6, 2),
             format_cell(row["round-wall-seconds"], 1),
             format_cell(row["wall-seconds"], 0),
+            _convergence_cell(row.get("last-10%-gain"), row.get("converged")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _convergence_cell(gain: Any, converged: Any) -> str:
+    if converged is None or (isinstance(converged, float) and math.isnan(converged)):
+        return "— (too few evaluations)"
+    return f"{format_cell(gain, 3)} ({'yes' if converged else 'no'})"
 
 
 def tier_lines(results: Sequence[MethodResult]) -> list[str]:
