@@ -22,10 +22,10 @@ from flwr_pfedrlnas.flower.runconfig import (
     family_from_run_config,
     message_api_kwargs,
     output_dir,
+    round_settings_kwargs,
     strategy_kwargs,
 )
 from flwr_pfedrlnas.protocol.rounds import bandwidth_bps_of
-from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 
 __all__ = ["METHODS", "make_method", "protocol_kwargs"]
 
@@ -34,27 +34,13 @@ RunConfig = Mapping[str, Any]
 
 def protocol_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """The round protocol's settings, the same for every method, from a run config."""
-    results_dir = output_dir(str(cfg["results-dir"]))
-    checkpoint_dir = output_dir(str(cfg.get("checkpoint-dir", ""))) or (
-        results_dir and f"{results_dir}/checkpoint"
-    )
     bandwidth = bandwidth_bps_of(cfg["bandwidth-mbps"])
     return {
-        "clients_per_round": int(cfg["clients-per-round"]),
+        **round_settings_kwargs(cfg),
         "min_available_nodes": int(cfg["num-clients"]),
-        "local_epochs": int(cfg["local-epochs"]),
-        "lr": float(cfg["lr"]),
-        "batch_size": int(cfg["batch-size"]),
-        "evaluate_every": int(cfg["evaluate-every"]),
-        "bn_recalibration_batches": int(cfg["bn-recalibration-batches"]),
         "bandwidth_down_bps": bandwidth,
         "bandwidth_up_bps": bandwidth,
         "seed": int(cfg["seed"]),
-        "results_dir": results_dir,
-        "checkpoint_dir": checkpoint_dir,
-        "resume": bool(cfg.get("resume", False)),
-        "run_config": dict(cfg),
-        "training": TrainingOptions.from_run_config(cfg),
     }
 
 
@@ -108,35 +94,40 @@ def _personalised(method: str) -> Callable[[RunConfig], Any]:
     return build
 
 
+# Each NAS baseline's own settings: keyword argument -> (run config key, conversion).
+_NAS_KNOBS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
+    "fednas": {
+        "search_rounds": ("search-rounds", _rounds),
+        "arch_lr": ("arch-lr", float),
+        "arch_weight_decay": ("arch-weight-decay", float),
+    },
+    "fedrlnas": {
+        "warmup_rounds": ("warmup-rounds", _rounds),
+        "search_rounds": ("search-rounds", _rounds),
+        "policy_lr": ("policy-lr", float),
+        "policy_optimizer": ("policy-optimizer", str),
+        "baseline_decay": ("baseline-decay", float),
+    },
+    "spider": {
+        "proximal_lambda": ("spider-lambda", float),
+        "edges_per_step": ("spider-edges-per-step", int),
+        "val_batches": ("spider-val-batches", int),
+        "warmup": ("spider-warmup", int),
+    },
+    "fedoras": {
+        "num_tiers": ("num-tiers", int),
+        "supernet_rounds": ("supernet-rounds", _rounds),
+        "num_candidates": ("num-candidates", int),
+        "candidate_batches": ("candidate-batches", int),
+    },
+}
+
+
 def _nas_knobs(method: str, cfg: RunConfig) -> dict[str, Any]:
-    if method == "fednas":
-        return {
-            "search_rounds": _rounds(cfg["search-rounds"]),
-            "arch_lr": float(cfg["arch-lr"]),
-            "arch_weight_decay": float(cfg["arch-weight-decay"]),
-        }
-    if method == "fedrlnas":
-        return {
-            "warmup_rounds": _rounds(cfg["warmup-rounds"]),
-            "search_rounds": _rounds(cfg["search-rounds"]),
-            "policy_lr": float(cfg["policy-lr"]),
-            "policy_optimizer": str(cfg["policy-optimizer"]),
-            "baseline_decay": float(cfg["baseline-decay"]),
-        }
-    if method == "spider":
-        return {
-            "proximal_lambda": float(cfg["spider-lambda"]),
-            "edges_per_step": int(cfg["spider-edges-per-step"]),
-            "val_batches": int(cfg["spider-val-batches"]),
-            "warmup": int(cfg["spider-warmup"]),
-        }
-    return {
-        "num_tiers": int(cfg["num-tiers"]),
-        "supernet_rounds": _rounds(cfg["supernet-rounds"]),
-        "num_candidates": int(cfg["num-candidates"]),
-        "candidate_batches": int(cfg["candidate-batches"]),
-        "profiles": ProfileDistribution.from_run_config(cfg),
-    }
+    knobs = {name: convert(cfg[key]) for name, (key, convert) in _NAS_KNOBS[method].items()}
+    if method == "fedoras":
+        knobs["profiles"] = ProfileDistribution.from_run_config(cfg)
+    return knobs
 
 
 def _nas(method: str) -> Callable[[RunConfig], Any]:
@@ -151,7 +142,7 @@ METHODS: dict[str, Callable[[RunConfig], Any]] = {
     "pfedrlnas": _pfedrlnas,
     "fedavg-largest": _fedavg_largest,
     **{name: _personalised(name) for name in BASELINES},
-    **{name: _nas(name) for name in ("fednas", "fedrlnas", "spider", "fedoras")},
+    **{name: _nas(name) for name in _NAS_KNOBS},
 }
 
 

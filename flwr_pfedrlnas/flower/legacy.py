@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from logging import WARNING
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,15 +24,10 @@ from flwr.server.strategy import Strategy
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search import ClientReply, SearchConfig
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_from_json
-from flwr_pfedrlnas.deployed import DeployedModels
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.deployed_export import ExportsDeployedModels
-from flwr_pfedrlnas.flower.failures import (
-    check_usable_replies,
-    raise_unidentified,
-    validate_min_usable_fraction,
-)
-from flwr_pfedrlnas.flower.session import natural_sorted, session_from
+from flwr_pfedrlnas.flower.faces import SearchFace
+from flwr_pfedrlnas.flower.failures import check_usable_replies, raise_unidentified
+from flwr_pfedrlnas.flower.session import natural_sorted
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 from flwr_pfedrlnas.supernets.keep import kept_blocks
@@ -41,7 +35,7 @@ from flwr_pfedrlnas.supernets.keep import kept_blocks
 __all__ = ["PerFedRLNASLegacy"]
 
 
-class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
+class PerFedRLNASLegacy(SearchFace, Strategy):
     """PerFedRLNAS for apps built on ``NumPyClient`` and ``ServerApp(server_fn=...)``.
 
     The same search as :class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS`, behind
@@ -96,26 +90,13 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
                 "personal blocks need the Message-API strategy (PerFedRLNAS); the legacy "
                 'strategy serves the paper\'s setting (keep-blocks = "")'
             )
-        self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
-        if not 0.0 <= fraction_evaluate <= 1.0:
-            raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
-        self.session = session_from(family, search_config, "PerFedRLNAS (legacy API)", locals())
-        self.family = family
+        self._start_session(family, search_config, "PerFedRLNAS (legacy API)", locals())
         self.min_available_clients = int(min_available_clients)
-        self.fraction_evaluate = float(fraction_evaluate)
-        self.query_timeout = float(query_timeout)
         self.proxy_to_client: dict[str, str] = {}
         self._sent: dict[str, tuple[str, Architecture]] = {}
-        self.deployed = DeployedModels(self.session.search)
-        self.deployed_dir = deployed_dir or (results_dir and str(Path(results_dir) / "deployed"))
 
     def __repr__(self) -> str:
         return f"PerFedRLNASLegacy({self.family!r})"
-
-    @property
-    def search(self):
-        """The search core (supernet, policies, accuracy history)."""
-        return self.session.search
 
     def remaining_rounds(self, num_rounds: int) -> int:
         """Rounds to configure in ``ServerConfig`` for ``num_rounds`` in all."""
@@ -267,15 +248,8 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         sampled = [cid for cid, _ in self._sent.values()]
         self._sent = {}
         metrics = dict(self.session.train_metrics())
-        failures = dict(self.session.failures)
-        try:
-            check_usable_replies(
-                "train", server_round, sampled, outcome.accepted, failures, self.min_usable_fraction
-            )
-        except RuntimeError:
-            self.session.finish_round(server_round, {})
-            raise
-        if self.fraction_evaluate == 0.0 or not self.session.is_evaluation_round(server_round):
+        self._check_usable("train", server_round, sampled, outcome.accepted)
+        if not self._evaluates(server_round):
             # Flower skips aggregate_evaluate when nobody is evaluated: close the round here.
             self.session.finish_round(server_round, {})
         return self._supernet_parameters(), metrics
@@ -284,14 +258,10 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
         """Every client (or a fraction) tests the subnet of its argmax architecture."""
-        if self.fraction_evaluate == 0.0 or not self.session.is_evaluation_round(server_round):
+        if not self._evaluates(server_round):
             return []
         by_client = self._identify(client_manager, server_round)
-        clients = natural_sorted(list(by_client))
-        if self.fraction_evaluate < 1.0:
-            clients = self.search.sample_clients(
-                clients, max(1, int(round(len(clients) * self.fraction_evaluate)))
-            )
+        clients = self._evaluation_sample(natural_sorted(list(by_client)))
         instructions = []
         for cid in clients:
             arch, state = self.session.deploy(cid)
@@ -329,7 +299,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
             else:
                 cid = self.proxy_to_client.get(failure[0].cid, f"proxy {failure[0].cid}")
                 reasons[cid] = f"client error: {failure[1].status.message}"
-        row = self.session.finish_round(server_round, accuracies)
+        self.session.finish_round(server_round, accuracies)
         if self.deployed_dir:
             self.save_deployed()
         evaluated = [self.proxy_to_client.get(p.cid, f"proxy {p.cid}") for p, _ in results]
@@ -337,11 +307,7 @@ class PerFedRLNASLegacy(ExportsDeployedModels, Strategy):
         check_usable_replies("evaluate", server_round, evaluated, list(accuracies), reasons)
         if not accuracies:
             return None, {}
-        return float(np.mean(losses)), {
-            "accuracy-mean": row["accuracy-mean"],
-            "accuracy-std": row["accuracy-std"],
-            "num-clients": len(accuracies),
-        }
+        return float(np.mean(losses)), self._evaluation_metrics(accuracies)
 
     def evaluate(
         self, server_round: int, parameters: Parameters

@@ -17,12 +17,22 @@ from flwr_pfedrlnas.flower.driver import MethodDriver
 from flwr_pfedrlnas.flower.replies import check_metrics
 from flwr_pfedrlnas.protocol.results import RunRecorder
 from flwr_pfedrlnas.protocol.rounds import RoundSchedule
+from flwr_pfedrlnas.protocol.settings import RoundSettings, RoundSettingsAttributes, check_ranges
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 
 __all__ = ["Method"]
 
+# The protocol's settings of a method beyond the shared round settings, and their ranges.
+METHOD_RULES = {
+    "min_available_nodes": lambda v: v >= 1,
+    "bandwidth_down_bps": lambda v: v > 0,
+    "bandwidth_up_bps": lambda v: v > 0,
+    "query_timeout": lambda v: v > 0,
+    "round_timeout": lambda v: v > 0,
+}
 
-class Method:
+
+class Method(RoundSettingsAttributes):
     """One method (a baseline, or a search) as a few hooks over the one round protocol.
 
     Each round the protocol learns who the connected clients are, calls
@@ -37,35 +47,23 @@ class Method:
 
     Parameters
     ----------
-    clients_per_round : int (default: 5)
-        Clients sampled per training round (seeded, by stable client id).
+    clients_per_round, local_epochs, lr, batch_size : (default: 5, 1, 0.05, 32)
+    evaluate_every, bn_recalibration_batches : (default: 1, -1)
+    results_dir, checkpoint_dir, resume, run_config, training : (default: None, None, False, ...)
+        The round settings every method and strategy shares, checked and
+        described once in :class:`~flwr_pfedrlnas.protocol.settings.RoundSettings`;
+        held as :attr:`settings`, each one also an attribute. Sampling is
+        seeded, by stable client id.
     min_available_nodes : int (default: 2)
         Wait for this many nodes before the first round.
-    local_epochs, lr, batch_size : int, float, int (default: 1, 0.05, 32)
-        Local training of the clients.
-    evaluate_every : int (default: 1)
-        Every client tests its deployed model every this many rounds and in the last.
-    bn_recalibration_batches : int (default: -1)
-        Before a test a client re-estimates BatchNorm statistics on this many
-        local training batches (-1: all, 0: off); weights untouched.
     bandwidth_down_bps, bandwidth_up_bps : float (default: 100e6)
         Simulated link speed, server to client and back.
     seed : int (default: 0)
         Seed of the sampling and of the method's own draws.
-    results_dir, checkpoint_dir : str | None (default: None)
-        Where rounds.csv, clients.csv, config.json, accuracy.png go, and the checkpoint.
-    resume : bool (default: False)
-        Continue from the checkpoint in ``checkpoint_dir`` when there is one.
-    run_config : dict | None (default: None)
-        Recorded verbatim in config.json.
     query_timeout, round_timeout : float (default: 120, 3600)
         Seconds to wait for the identity answers and for each exchange.
     arrayrecord_key, configrecord_key, metricrecord_key : str
         Record names of the messages (default: "arrays", "config", "metrics").
-    training : TrainingOptions | None (default: None)
-        The clients' learning-rate schedule across rounds, optimiser and label
-        smoothing (:class:`~flwr_pfedrlnas.protocol.training_options.TrainingOptions`);
-        ``None``: constant lr, SGD, no smoothing.
     """
 
     method = "method"
@@ -94,39 +92,17 @@ class Method:
         metricrecord_key: str = "metrics",
         training: TrainingOptions | None = None,
     ) -> None:
-        checks = {
-            "clients_per_round": clients_per_round >= 1,
-            "min_available_nodes": min_available_nodes >= 1,
-            "local_epochs": local_epochs >= 0,
-            "lr": lr > 0,
-            "batch_size": batch_size >= 1,
-            "evaluate_every": evaluate_every >= 1,
-            "bn_recalibration_batches": bn_recalibration_batches >= -1,
-            "bandwidth_down_bps": bandwidth_down_bps > 0,
-            "bandwidth_up_bps": bandwidth_up_bps > 0,
-            "query_timeout": query_timeout > 0,
-            "round_timeout": round_timeout > 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{name} is {locals()[name]!r}, out of range")
-        self.clients_per_round = int(clients_per_round)
+        self.settings = RoundSettings.from_kwargs(locals())
+        check_ranges(locals(), METHOD_RULES)
         self.min_available_nodes = int(min_available_nodes)
-        self.local_epochs, self.lr, self.batch_size = int(local_epochs), float(lr), int(batch_size)
-        self.evaluate_every = int(evaluate_every)
-        self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.bandwidth_down_bps = float(bandwidth_down_bps)
         self.bandwidth_up_bps = float(bandwidth_up_bps)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
-        self.results_dir, self.checkpoint_dir = results_dir, checkpoint_dir
-        self.resume = bool(resume)
-        self.run_config = dict(run_config or {})
         self.query_timeout, self.round_timeout = float(query_timeout), float(round_timeout)
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
         self.metricrecord_key = metricrecord_key
-        self.training = training or TrainingOptions()
         self.schedule = RoundSchedule(0, self.evaluate_every)
         self.driver = MethodDriver(self)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from functools import lru_cache
 from logging import INFO
 from pathlib import Path
@@ -21,6 +22,7 @@ from flwr_pfedrlnas.data.datasets import (
     make_val_loader,
 )
 from flwr_pfedrlnas.flower.failures import validate_min_usable_fraction
+from flwr_pfedrlnas.protocol.rounds import bandwidth_bps_of
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.supernets.keep import KEEP_KNOB, parse_keep
@@ -55,7 +57,7 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
     (``SearchConfig.recommended()``) sets the reward, policy and round-time keys
     to the preset's values, whatever the run config says for them.
     """
-    bandwidth = float(cfg["bandwidth-mbps"]) * 1e6
+    bandwidth = bandwidth_bps_of(cfg["bandwidth-mbps"])
     paper = SearchConfig()
     config = SearchConfig(
         policy_lr=float(cfg["policy-lr"]),
@@ -193,27 +195,38 @@ def load_data(context: Context, batch_size: int):
     return loaders if val is None else (*loaders, val)
 
 
-def strategy_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments shared by ``PerFedRLNAS`` and ``PerFedRLNASLegacy``."""
+def round_settings_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The shared round settings (:class:`~flwr_pfedrlnas.protocol.settings.RoundSettings`).
+
+    The keyword arguments every method and both strategies take, from a run
+    config: ``checkpoint-dir`` ``""`` (or absent) is ``<results-dir>/checkpoint``.
+    """
     results_dir = output_dir(str(cfg["results-dir"]))
-    checkpoint_dir = output_dir(str(cfg["checkpoint-dir"])) or (
+    checkpoint_dir = output_dir(str(cfg.get("checkpoint-dir", ""))) or (
         results_dir and f"{results_dir}/checkpoint"
     )
     return {
         "clients_per_round": int(cfg["clients-per-round"]),
-        "evaluate_every": int(cfg["evaluate-every"]),
-        "bn_recalibration_batches": int(cfg["bn-recalibration-batches"]),
-        "finetune_epochs": int(cfg.get("finetune-epochs", 0)),
-        "search_config": search_config_from_run_config(cfg),
         "local_epochs": int(cfg["local-epochs"]),
         "lr": float(cfg["lr"]),
         "batch_size": int(cfg["batch-size"]),
+        "evaluate_every": int(cfg["evaluate-every"]),
+        "bn_recalibration_batches": int(cfg["bn-recalibration-batches"]),
         "results_dir": results_dir,
         "checkpoint_dir": checkpoint_dir,
-        "resume": bool(cfg["resume"]),
+        "resume": bool(cfg.get("resume", False)),
         "run_config": dict(cfg),
-        # Absent (older apps): 0.0, a round fails only when no reply was usable.
         "training": TrainingOptions.from_run_config(cfg),
+    }
+
+
+def strategy_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments shared by ``PerFedRLNAS`` and ``PerFedRLNASLegacy``."""
+    return {
+        **round_settings_kwargs(cfg),
+        "finetune_epochs": int(cfg.get("finetune-epochs", 0)),
+        "search_config": search_config_from_run_config(cfg),
+        # Absent (older apps): 0.0, a round fails only when no reply was usable.
         "min_usable_fraction": validate_min_usable_fraction(
             cfg.get("min-usable-fraction", 0.0), "min-usable-fraction"
         ),

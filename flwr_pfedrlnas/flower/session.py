@@ -20,15 +20,30 @@ from flwr_pfedrlnas.core.search import (
 )
 from flwr_pfedrlnas.core.search_space import architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower import session_records as records
 from flwr_pfedrlnas.flower.identity import natural_sorted
 from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
+from flwr_pfedrlnas.protocol.rounds import ExchangeLedger, RoundSchedule
+from flwr_pfedrlnas.protocol.settings import (
+    ROUND_SETTINGS,
+    RoundSettings,
+    RoundSettingsAttributes,
+    check_ranges,
+)
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["SESSION_SETTINGS", "SearchSession", "natural_sorted", "session_from"]
 
+# The search's own settings beyond the shared round settings, and their ranges.
+SEARCH_RULES = {
+    "finetune_epochs": lambda v: v >= 0,
+    "num_new_clients": lambda v: v >= 0,
+    "new_client_rounds": lambda v: v >= 0,
+}
 
-class SearchSession:
+
+class SearchSession(RoundSettingsAttributes):
     """One PerFedRLNAS run: the search core plus everything around a round.
 
     The Flower faces (:class:`~flwr_pfedrlnas.flower.strategy.PerFedRLNAS` and
@@ -58,32 +73,11 @@ class SearchSession:
         new_client_rounds: int = 0,
         training: TrainingOptions | None = None,
     ) -> None:
-        checks = {
-            "clients_per_round": clients_per_round >= 1,
-            "local_epochs": local_epochs >= 0,
-            "lr": lr > 0,
-            "batch_size": batch_size >= 1,
-            "evaluate_every": evaluate_every >= 1,
-            "finetune_epochs": finetune_epochs >= 0,
-            "num_new_clients": num_new_clients >= 0,
-            "new_client_rounds": new_client_rounds >= 0,
-        }
-        for field_name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{field_name} is {locals()[field_name]!r}, out of range")
+        self.settings = RoundSettings.from_kwargs(locals())
+        check_ranges(locals(), SEARCH_RULES)
         self.family = family
         self.search = PerFedRLNASSearch(family, search_config)
-        self.clients_per_round = int(clients_per_round)
-        self.local_epochs = int(local_epochs)
-        self.lr = float(lr)
-        self.training = training or TrainingOptions()
-        self.batch_size = int(batch_size)
-        self.evaluate_every = int(evaluate_every)
-        self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.finetune_epochs = int(finetune_epochs)
-        self.results_dir = results_dir
-        self.checkpoint_dir = checkpoint_dir
-        self.run_config = dict(run_config or {})
         self.name = name
         self.recorder = RunRecorder()
         self.latency_total = 0.0
@@ -97,6 +91,7 @@ class SearchSession:
         self.new_client_rows: list[dict[str, Any]] = []
         if resume and checkpoint_dir and (Path(checkpoint_dir) / "state.json").exists():
             self._restore(checkpoint_dir)
+        # Rounds done before this start, and of the whole run (known once started).
         self.round_offset = self.search.completed_rounds
         self.total_rounds: int | None = None
         self._reset_round()
@@ -105,7 +100,9 @@ class SearchSession:
     def _reset_round(self) -> None:
         self.outcome: RoundOutcome | None = None
         self.failures: dict[str, str] = {}
-        self.server_seconds = 0.0
+        cfg = self.search.config
+        # The round's bytes and simulated time (the server's own included).
+        self.ledger = ExchangeLedger(cfg.bandwidth_down_bps, cfg.bandwidth_up_bps)
         self.round_started = time.perf_counter()
 
     def _restore(self, directory: str) -> None:
@@ -131,10 +128,21 @@ class SearchSession:
                 },
             )
 
+    @property
+    def server_seconds(self) -> float:
+        """The server's own time in the round so far (part of its simulated latency)."""
+        return self.ledger.server_seconds
+
+    @property
+    def schedule(self) -> RoundSchedule:
+        """The run's rounds as the protocol numbers them (the last one once started)."""
+        return RoundSchedule(self.total_rounds, self.evaluate_every, self.round_offset)
+
     def remaining_rounds(self, num_rounds: int) -> int:
         """Rounds still to run out of ``num_rounds`` in all (after a resume)."""
+        done = self.search.completed_rounds
+        remaining = len(RoundSchedule(int(num_rounds), self.evaluate_every, done).remaining())
         self.total_rounds = int(num_rounds)
-        remaining = max(0, int(num_rounds) - self.search.completed_rounds)
         if self.resumed_from:
             log(
                 INFO,
@@ -147,17 +155,14 @@ class SearchSession:
 
     def global_round(self, server_round: int) -> int:
         """Round number of the whole run (Flower restarts at 1 after a resume)."""
-        return self.round_offset + int(server_round)
+        return self.schedule.global_round(server_round)
 
     def is_last_round(self, server_round: int) -> bool:
         """Whether ``server_round`` is the run's last training round (when known)."""
-        return (
-            self.total_rounds is not None and self.global_round(server_round) >= self.total_rounds
-        )
+        return self.schedule.is_last_round(self.global_round(server_round))
 
     def is_evaluation_round(self, server_round: int) -> bool:
-        round_no = self.global_round(server_round)
-        return self.is_last_round(server_round) or round_no % self.evaluate_every == 0
+        return self.schedule.is_evaluation_round(self.global_round(server_round))
 
     # ------------------------------------------------------------------ round
     def client_config(
@@ -242,7 +247,7 @@ class SearchSession:
         pool = self.training_clients(client_ids)
         clients = self.search.sample_clients(pool, self.clients_per_round)
         proposals = [self.search.propose(cid) for cid in clients]
-        self.server_seconds += time.perf_counter() - t0
+        self.ledger.server_seconds += time.perf_counter() - t0
         log(INFO, "round %d: sampled clients %s", self.global_round(server_round), clients)
         return proposals
 
@@ -250,8 +255,20 @@ class SearchSession:
         self.failures[str(client_id)] = reason
         log(WARNING, "client %s: %s", client_id, reason)
 
-    def incorporate(self, server_round: int, replies: list[ClientReply]) -> RoundOutcome:
-        """Close the round's proposals: rewards, policy updates, merge."""
+    def incorporate(
+        self,
+        server_round: int,
+        replies: list[ClientReply],
+        bytes_down: Mapping[str, int] | None = None,
+        bytes_up: Mapping[str, int] | None = None,
+    ) -> RoundOutcome:
+        """Close the round's proposals: rewards, policy updates, merge; record the exchange.
+
+        ``bytes_down`` / ``bytes_up`` (client id -> bytes), where given, are the
+        bytes as the framework carried them (serialised), in place of the bare
+        array bytes the core's reward uses; an upload the core counts as 0
+        (a memory overrun) stays 0.
+        """
         t0 = time.perf_counter()
         answered = {r.client_id for r in replies} | set(self.failures)
         for cid in self.search.pending:
@@ -260,7 +277,17 @@ class SearchSession:
         outcome = self.search.incorporate(self.global_round(server_round), replies)
         for cid, reason in outcome.rejected.items():
             self.failures[cid] = f"rejected: {reason}"
-        self.server_seconds += time.perf_counter() - t0
+        self.ledger.server_seconds += time.perf_counter() - t0
+        for cid in outcome.bytes_down:
+            if bytes_down is not None and cid in bytes_down:
+                outcome.bytes_down[cid] = int(bytes_down[cid])
+            if bytes_up is not None and outcome.bytes_up.get(cid, 0) > 0 and cid in bytes_up:
+                outcome.bytes_up[cid] = int(bytes_up[cid])
+        self.ledger.add_exchange(
+            sum(outcome.bytes_down.values()),
+            sum(outcome.bytes_up.values()),
+            outcome.round_times.values(),
+        )
         self.outcome = outcome
         return outcome
 
@@ -271,10 +298,10 @@ class SearchSession:
         return {
             "num-accepted": len(outcome.accepted),
             "num-failed": len(self.failures),
-            "train-accuracy-mean": sum(accs) / len(accs) if accs else 0.0,
-            "latency-s": outcome.latency + self.server_seconds,
-            "bytes-down": int(sum(outcome.bytes_down.values())),
-            "bytes-up": int(sum(outcome.bytes_up.values())),
+            "train-accuracy-mean": records.mean_or(accs, 0.0),
+            "latency-s": self.ledger.latency,
+            "bytes-down": self.ledger.bytes_down,
+            "bytes-up": self.ledger.bytes_up,
             "num-overruns": len(outcome.overruns),
         }
 
@@ -314,60 +341,10 @@ class SearchSession:
         extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Append the round's row (with ``extra`` fields), log it, write results, checkpoint."""
-        round_no = self.global_round(server_round)
-        outcome = self.outcome or RoundOutcome(server_round=round_no)
-        latency = outcome.latency + self.server_seconds
-        self.latency_total += latency
-        mean, std = summarise_accuracies(accuracies)
-        nan = float("nan")
-        row = {
-            "round": round_no,
-            "sampled": " ".join(outcome.accepted + sorted(self.failures)),
-            "num-accepted": len(outcome.accepted),
-            "num-failed": len(self.failures),
-            "num-overruns": len(outcome.overruns),
-            "overruns": " ".join(natural_sorted(outcome.overruns)),
-            "failures": "; ".join(f"{c}: {r}" for c, r in sorted(self.failures.items())),
-            "train-accuracy-mean": (
-                sum(outcome.accuracies.values()) / len(outcome.accuracies)
-                if outcome.accuracies
-                else nan
-            ),
-            "reward-mean": sum(outcome.rewards.values()) / len(outcome.rewards)
-            if outcome.rewards
-            else nan,
-            "accuracy-mean": mean,
-            "accuracy-std": std,
-            "num-evaluated": len(accuracies),
-            "finetune-epochs": self.finetune_epochs_at(server_round) if accuracies else 0,
-            "latency-round-s": latency,
-            "latency-total-s": self.latency_total,
-            "server-seconds": self.server_seconds,
-            "bytes-down": int(sum(outcome.bytes_down.values())),
-            "bytes-up": int(sum(outcome.bytes_up.values())),
-            "wall-seconds": time.perf_counter() - self.round_started,
-            **dict(extra or {}),
-        }
+        self.latency_total += self.ledger.latency
+        row = records.round_row(self, server_round, accuracies, extra)
         self.recorder.add_round(row)
-        total = self.total_rounds or round_no
-        if accuracies:
-            what = f"accuracy {mean:.4f} ± {std:.4f} over {len(accuracies)} clients"
-            gain = row.get("search-gain", float("nan"))
-            if gain == gain:  # not NaN: a diagnostic round
-                what += f" | search gain {gain:+.4f} over random subnets"
-        else:
-            what = f"train accuracy {row['train-accuracy-mean']:.4f}"
-        log(
-            INFO,
-            "[round %d/%d] trained %s | %s | latency %.2f s (total %.2f s) | wall %.1f s",
-            round_no,
-            total,
-            natural_sorted(outcome.accepted),
-            what,
-            latency,
-            self.latency_total,
-            row["wall-seconds"],
-        )
+        records.log_round(self, row, len(accuracies))
         if self.results_dir:
             write_results(self.results_dir, self.recorder, self.config_record(), label=self.name)
         self.checkpoint()
@@ -382,17 +359,16 @@ class SearchSession:
         rewards: Mapping[str, float],
     ) -> dict[str, Any]:
         """Append one search-only round's row; written to ``new_clients.csv``."""
-        nan = float("nan")
         mean, std = summarise_accuracies(dict(deployed))
         new = self.new_clients or []
         row = {
             "search-round": int(search_round),
             "num-new-clients": len(new),
-            "sampled-accuracy-mean": sum(sampled.values()) / len(sampled) if sampled else nan,
+            "sampled-accuracy-mean": records.mean_or(sampled.values()),
             "accuracy-mean": mean,
             "accuracy-std": std,
             "num-evaluated": len(deployed),
-            "reward-mean": sum(rewards.values()) / len(rewards) if rewards else nan,
+            "reward-mean": records.mean_or(rewards.values()),
             "entropy-mean": sum(self.search.policy(c).entropy() for c in new) / max(1, len(new)),
         }
         self.new_client_rows.append(row)
@@ -416,104 +392,20 @@ class SearchSession:
     # ------------------------------------------------------------------ report
     def summary(self) -> None:
         """Log the settings as a small tree."""
-        cfg = self.search.config
-        space = self.family.search_space
-        log(INFO, "\t├──> Supernet: %r", self.family)
-        log(INFO, "\t│\t└── %d dimensions, %d architectures", len(space), space.num_architectures())
-        log(
-            INFO, "\t├──> Sampling: %d clients per round, seed %d", self.clients_per_round, cfg.seed
-        )
-        log(
-            INFO,
-            "\t├──> Policy: %s lr %.3g betas %s",
-            cfg.policy_optimizer,
-            cfg.policy_lr,
-            cfg.policy_betas,
-        )
-        log(
-            INFO,
-            "\t├──> Reward: %s, lambda-time %.3g, bandwidth %.3g/%.3g bit/s",
-            "eq. 9 (memory)" if cfg.memory_aware else "eq. 8",
-            cfg.lambda_time,
-            cfg.bandwidth_down_bps,
-            cfg.bandwidth_up_bps,
-        )
-        log(INFO, "\t├──> Merge: count-normalised, weighted by %s", cfg.weighting)
-        log(
-            INFO,
-            "\t└──> Clients: %d local epochs, lr %.3g, batch %d; final fine-tuning %d epochs",
-            self.local_epochs,
-            self.lr,
-            self.batch_size,
-            self.finetune_epochs,
-        )
+        records.log_settings(self)
 
     def config_record(self) -> dict[str, Any]:
         """Settings of the run as written to config.json."""
-        cfg = self.search.config
-        return {
-            "strategy": self.name,
-            "supernet": self.family.name,
-            "supernet-config": self.family.config,
-            "clients-per-round": self.clients_per_round,
-            "local-epochs": self.local_epochs,
-            "lr": self.lr,
-            "batch-size": self.batch_size,
-            "bn-recalibration-batches": self.bn_recalibration_batches,
-            "finetune-epochs": self.finetune_epochs,
-            "search": {
-                "policy-lr": cfg.policy_lr,
-                "policy-optimizer": cfg.policy_optimizer,
-                "policy-betas": list(cfg.policy_betas),
-                "lambda-time": cfg.lambda_time,
-                "bandwidth-down-bps": cfg.bandwidth_down_bps,
-                "bandwidth-up-bps": cfg.bandwidth_up_bps,
-                "weighting": cfg.weighting,
-                "memory-aware": cfg.memory_aware,
-                "reward-clip": cfg.reward_clip,
-                "seed": cfg.seed,
-            },
-            "device-profiles": (
-                None
-                if self.profile_distribution is None
-                else {
-                    "seed": self.profile_distribution.seed,
-                    "speed-factor-range": [
-                        self.profile_distribution.speed_factor_min,
-                        self.profile_distribution.speed_factor_max,
-                    ],
-                    "bandwidth-choices-mbps": list(
-                        self.profile_distribution.bandwidth_choices_mbps
-                    ),
-                    "memory-budget-choices-mb": list(
-                        self.profile_distribution.memory_budget_choices_mb
-                    ),
-                }
-            ),
-            "new-clients": self.new_clients,
-            "new-client-rounds": self.new_client_rounds,
-            "resumed-from-round": self.resumed_from,
-            "run-config": self.run_config,
-        }
+        return records.config_record(self)
 
 
 # The strategies' constructor arguments that are the session's own settings.
 SESSION_SETTINGS = (
-    "clients_per_round",
-    "local_epochs",
-    "lr",
-    "batch_size",
-    "evaluate_every",
-    "bn_recalibration_batches",
+    *ROUND_SETTINGS,
     "finetune_epochs",
-    "results_dir",
-    "checkpoint_dir",
-    "resume",
-    "run_config",
     "profiles",
     "num_new_clients",
     "new_client_rounds",
-    "training",
 )
 
 

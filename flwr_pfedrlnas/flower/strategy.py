@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from logging import INFO, WARNING
-from pathlib import Path
+from logging import INFO
 from typing import Any
 
 from flwr.app import (
@@ -21,27 +20,25 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from flwr_pfedrlnas.core.profiles import ProfileDistribution
 from flwr_pfedrlnas.core.search import ClientReply, SearchConfig
-from flwr_pfedrlnas.deployed import DeployedModels
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower import new_clients
-from flwr_pfedrlnas.flower.deployed_export import ExportsDeployedModels, record_batchnorm_replies
+from flwr_pfedrlnas.flower.deployed_export import record_batchnorm_replies
 from flwr_pfedrlnas.flower.diagnostics import SearchDiagnostics
-from flwr_pfedrlnas.flower.failures import (
-    ErrorAnswers,
-    check_usable_replies,
-    raise_unidentified,
-    validate_min_usable_fraction,
-)
+from flwr_pfedrlnas.flower.faces import SearchFace
+from flwr_pfedrlnas.flower.failures import ErrorAnswers, check_usable_replies, raise_unidentified
 from flwr_pfedrlnas.flower.identity import identify_clients
-from flwr_pfedrlnas.flower.session import session_from
-from flwr_pfedrlnas.protocol.results import summarise_accuracies
+from flwr_pfedrlnas.flower.search_replies import (
+    evaluation_accuracies,
+    parse_train_reply,
+    serialised_bytes,
+)
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
 __all__ = ["PerFedRLNAS"]
 
 
-class PerFedRLNAS(ExportsDeployedModels, Strategy):
+class PerFedRLNAS(SearchFace, Strategy):
     """Personalised federated NAS by reinforcement learning (Message API).
 
     The strategy owns the search state: the supernet and one architecture
@@ -172,17 +169,11 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         diagnose_every: int = 0,
         training: TrainingOptions | None = None,
     ) -> None:
-        self.min_usable_fraction = validate_min_usable_fraction(min_usable_fraction)
-        if not 0.0 <= fraction_evaluate <= 1.0:
-            raise ValueError(f"fraction_evaluate must be in [0, 1], got {fraction_evaluate!r}")
-        self.session = session_from(family, search_config, "PerFedRLNAS", locals())
-        self.family = family
+        self._start_session(family, search_config, "PerFedRLNAS", locals())
         self.min_available_nodes = int(min_available_nodes)
-        self.fraction_evaluate = float(fraction_evaluate)
         self.arrayrecord_key = arrayrecord_key
         self.configrecord_key = configrecord_key
         self.metricrecord_key = metricrecord_key
-        self.query_timeout = float(query_timeout)
         self.node_to_client: dict[int, str] = {}
         self.client_to_node: dict[str, int] = {}
         self._initial_loaded = self.session.resumed_from > 0
@@ -190,17 +181,10 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         # This round's train message per node: a reply must answer that message.
         self._sent_messages: dict[int, Message] = {}
         self._stale: dict[str, str] = {}
-        self.deployed = DeployedModels(self.session.search)
         self._evaluated: list[str] = []
-        self.deployed_dir = deployed_dir or (results_dir and str(Path(results_dir) / "deployed"))
         self.diagnostics = SearchDiagnostics(
             family, diagnostic_subnets, diagnose_every, self.search.config.seed
         )
-
-    @property
-    def search(self):
-        """The search core (supernet, policies, accuracy history)."""
-        return self.session.search
 
     def summary(self) -> None:
         """Log the strategy's settings as a small tree."""
@@ -343,50 +327,7 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         return messages
 
     def _parse(self, msg: Message) -> ClientReply | None:
-        node_id = msg.metadata.src_node_id
-        cid = self._sent.get(node_id)
-        if cid is None:
-            log(WARNING, "reply from node %s, which was sent nothing this round: ignored", node_id)
-            return None
-        # The grid stamps every sent message with an id (on push); a reply must
-        # answer this round's message to that node, not an earlier one (replay).
-        sent = self._sent_messages.get(node_id)
-        want = "" if sent is None else sent.metadata.message_id
-        got = msg.metadata.reply_to_message_id
-        if want and got != want:
-            log(
-                WARNING,
-                "client %s: reply-to-message-id is %r, not this round's message %r "
-                "(a stale or replayed reply): ignored",
-                cid,
-                got,
-                want,
-            )
-            self._stale[cid] = f"rejected: reply-to-message-id is {got!r}, not {want!r}"
-            return None
-        if msg.has_error():
-            self.session.record_failure(cid, f"client error: {msg.error.reason}")
-            return None
-        content = msg.content
-        config = content.config_records.get(self.configrecord_key)
-        arch_json = None if config is None else config.get(m.ARCH)
-        echoed = None if config is None else config.get(m.CLIENT_ID)
-        if echoed is not None and str(echoed) != cid:
-            self.session.record_failure(
-                cid, f"rejected: client-id is {echoed!r}, but the reply came from client {cid!r}"
-            )
-            return None
-        try:
-            return m.reply_from_records(
-                cid,
-                content.array_records.get(self.arrayrecord_key),
-                content.metric_records.get(self.metricrecord_key),
-                None if arch_json is None else str(arch_json),
-                self.family,
-            )
-        except ValueError as err:
-            self.session.record_failure(cid, f"rejected: {err}")
-            return None
+        return parse_train_reply(self, msg)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -399,51 +340,23 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         for cid, reason in self._stale.items():
             if cid not in answered and cid not in self.session.failures:
                 self.session.record_failure(cid, reason)
-        # Bytes moved as Flower carries them (serialised arrays and their keys, the
-        # measure every baseline's strategy records), not the bare array bytes the
-        # core's reward uses; for tensors of a few KB the serialisation adds much.
-        up = {
-            self._sent[msg.metadata.src_node_id]: msg.content[self.arrayrecord_key].count_bytes()
-            for msg in replies
-            if msg.metadata.src_node_id in self._sent
-            and not msg.has_error()
-            and self.arrayrecord_key in msg.content.array_records
-        }
-        outcome = self.session.incorporate(server_round, parsed)
+        # Bytes as Flower carries them (serialised), the measure of every baseline.
+        down, up = serialised_bytes(self._sent, self._sent_messages, replies, self.arrayrecord_key)
+        outcome = self.session.incorporate(server_round, parsed, down, up)
         sampled = list(self._sent.values())
-        for node_id, cid in self._sent.items():
-            if cid in outcome.bytes_down:
-                sent = self._sent_messages[node_id].content[self.arrayrecord_key]
-                outcome.bytes_down[cid] = sent.count_bytes()
-            if cid in outcome.bytes_up and outcome.bytes_up[cid] > 0:
-                outcome.bytes_up[cid] = up.get(cid, outcome.bytes_up[cid])
         self._sent = {}
         self._sent_messages = {}
         self._check_usable("train", server_round, sampled, outcome.accepted)
         return m.arrays_to_record(self.search.supernet), MetricRecord(self.session.train_metrics())
 
-    def _check_usable(self, what: str, server_round: int, sampled, usable) -> None:
-        """Stop the run (after writing the round's row) when too few replies were usable."""
-        try:
-            failures = dict(self.session.failures)
-            check_usable_replies(
-                what, server_round, sampled, usable, failures, self.min_usable_fraction
-            )
-        except RuntimeError:
-            self.session.finish_round(server_round, {})
-            raise
-
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send every client (or a fraction) the subnet of its argmax architecture."""
-        if self.fraction_evaluate == 0.0 or not self.session.is_evaluation_round(server_round):
+        if not self._evaluates(server_round):
             return []
         # New (held-out) clients are evaluated in their search-only rounds.
-        clients = self.session.training_clients(self._identify(grid))
-        if self.fraction_evaluate < 1.0:
-            num = max(1, int(round(len(clients) * self.fraction_evaluate)))
-            clients = self.search.sample_clients(clients, num)
+        clients = self._evaluation_sample(self.session.training_clients(self._identify(grid)))
         round_no = self.session.global_round(server_round)
         if self.diagnostics.due(self.session.is_last_round(server_round)):
             self.diagnostics.run(
@@ -491,31 +404,10 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         A round whose evaluation replies were all unusable stops the run (after
         its row is written).
         """
-        accuracies: dict[str, float] = {}
         replies = list(replies)
         sent = [self.node_to_client.get(msg.metadata.src_node_id) for msg in replies]
         self._record_batchnorm(replies)
-        failures: dict[str, str] = {}
-        for msg in replies:
-            cid = self.node_to_client.get(msg.metadata.src_node_id)
-            if cid is None:
-                continue
-            if msg.has_error():
-                log(WARNING, "evaluation of client %s failed: %s", cid, msg.error.reason)
-                failures[cid] = f"client error: {msg.error.reason}"
-                continue
-            metrics = msg.content.metric_records.get(self.metricrecord_key)
-            if metrics is None:
-                log(WARNING, "evaluation reply of client %s has no metrics: ignored", cid)
-                failures[cid] = "no metrics"
-                continue
-            acc = metrics.get(m.ACCURACY)
-            if self.session.record_evaluation(
-                server_round, cid, acc, metrics.get(m.NUM_EXAMPLES, 0)
-            ):
-                accuracies[cid] = float(acc)
-            else:
-                failures[cid] = f"accuracy is {acc!r}, not a number in [0, 1]"
+        accuracies, failures = evaluation_accuracies(self, server_round, replies)
         for cid, acc in accuracies.items():
             self.session.recorder.clients[cid].update(self.diagnostics.client_fields(cid, acc))
         self.session.finish_round(server_round, accuracies, self.diagnostics.row_fields(accuracies))
@@ -524,7 +416,4 @@ class PerFedRLNAS(ExportsDeployedModels, Strategy):
         check_usable_replies("evaluate", server_round, expected, list(accuracies), failures)
         if not accuracies:
             return None
-        mean, std = summarise_accuracies(accuracies)
-        return MetricRecord(
-            {"accuracy-mean": mean, "accuracy-std": std, "num-clients": len(accuracies)}
-        )
+        return MetricRecord(self._evaluation_metrics(accuracies))

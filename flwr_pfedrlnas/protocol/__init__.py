@@ -1,1 +1,1 @@
-"""The framework-free round protocol: numbering, sampling, costs, checkpoints, results."""
+"""The framework-free round protocol: settings, numbering, sampling, costs, checkpoints, results."""

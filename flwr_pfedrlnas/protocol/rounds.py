@@ -64,8 +64,9 @@ class RoundSchedule:
 
     Parameters
     ----------
-    num_rounds : int
-        Rounds of the whole run.
+    num_rounds : int | None
+        Rounds of the whole run; ``None`` while not known yet (a Flower
+        strategy learns it when started): then no round is the last.
     evaluate_every : int (default: 1)
         Every client tests its deployed model every this many rounds and in
         the last one.
@@ -73,22 +74,30 @@ class RoundSchedule:
         Rounds completed before this start (from a checkpoint).
     """
 
-    num_rounds: int
+    num_rounds: int | None
     evaluate_every: int = 1
     rounds_done: int = 0
 
     def __post_init__(self) -> None:
         for name, low in (("num_rounds", 0), ("evaluate_every", 1), ("rounds_done", 0)):
             value = getattr(self, name)
+            if name == "num_rounds" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
     def remaining(self) -> range:
         """The global numbers of the rounds still to run."""
+        if self.num_rounds is None:
+            raise ValueError("the number of rounds is not known yet (num_rounds is None)")
         return range(self.rounds_done + 1, self.num_rounds + 1)
 
+    def global_round(self, server_round: int) -> int:
+        """Global number of a start's ``server_round`` (Flower counts each start from 1)."""
+        return self.rounds_done + int(server_round)
+
     def is_last_round(self, rnd: int) -> bool:
-        return rnd >= self.num_rounds
+        return self.num_rounds is not None and rnd >= self.num_rounds
 
     def is_evaluation_round(self, rnd: int) -> bool:
         return rnd % self.evaluate_every == 0 or self.is_last_round(rnd)
