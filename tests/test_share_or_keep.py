@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
@@ -16,6 +17,7 @@ from flwr_pfedrlnas.core.search_space import architecture_from_json
 from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.driver import content_bytes
 from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
 from flwr_pfedrlnas.flower.personal import SHARE_OR_KEEP, assemble, kept_file, load_personal
 from flwr_pfedrlnas.flower.runconfig import family_from_run_config
@@ -371,6 +373,16 @@ def test_no_personal_weight_in_any_message_either_way(local_grid, tmp_path):
             assert m.PERSONAL_INIT not in msg.content
     # The run did exercise both choices (not a vacuous pass).
     assert all(seen.values()), seen
+    # Each round's bytes-down count every record sent, the initial copies included.
+    rounds = pd.read_csv(tmp_path / "out" / "rounds.csv")
+    for row in rounds.itertuples():
+        sent = [
+            content_bytes(msg.content)
+            for msg, _ in replies
+            if msg.metadata.message_type == MessageType.TRAIN
+            and int(msg.content["config"][m.SERVER_ROUND]) == row.round
+        ]
+        assert rounds.loc[rounds["round"] == row.round, "bytes-down"].item() == sum(sent)
     assert {c for c, b in strategy.search.kept.state_dict().items() if b} == held
     # The deployed models name what the clients keep.
     for cid, model in strategy.deployed_models().items():
