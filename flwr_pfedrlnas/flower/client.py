@@ -34,7 +34,8 @@ from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.supernets.keep import personal_blocks
 from flwr_pfedrlnas.training import (
     evaluate,
-    recalibrate_batchnorm,
+    recalibrate_as_configured,
+    resolve_device,
     split_batch,
     train,
     training_options,
@@ -96,12 +97,6 @@ def build_subnet_from_config(
     family = _family(str(config[m.SUPERNET]), str(config[m.SUPERNET_CONFIG]))
     arch = architecture_from_json(str(config[m.ARCH]), family.search_space)
     return family, arch, family.build_subnet(arch)
-
-
-def _device(device: str | None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _fit(
@@ -221,7 +216,7 @@ def train_subnet(
         config,
         train_loader,
         test_loader,
-        _device(device),
+        resolve_device(device),
         budget,
         (image_key, label_key),
         val_loader,
@@ -330,7 +325,7 @@ def _test(
     batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
     recalibrated = batches != 0 and train_loader is not None
     if recalibrated:
-        recalibrate_batchnorm(model, train_loader, None if batches < 0 else batches, device, *keys)
+        recalibrate_as_configured(model, train_loader, batches, device, *keys)
     return (*evaluate(model, test_loader, device, *keys), recalibrated)
 
 
@@ -363,7 +358,7 @@ def evaluate_subnet(
     model.load_state_dict(kept.state(msg.content[arrayrecord_key]), strict=True)
     keys = (image_key, label_key)
     loss, accuracy, n, recalibrated = _test(
-        model, config, test_loader, train_loader, _device(device), keys
+        model, config, test_loader, train_loader, resolve_device(device), keys
     )
     finetune = int(config.get(m.FINETUNE_EPOCHS, 0))
     statistics = _batchnorm_buffers(model) if recalibrated and finetune <= 0 else {}

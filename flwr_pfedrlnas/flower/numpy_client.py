@@ -14,6 +14,7 @@ from flwr_pfedrlnas.core.search_space import architecture_to_json
 from flwr_pfedrlnas.flower import client as _client
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.memory import memory_budget_of
+from flwr_pfedrlnas.training import resolve_device
 
 __all__ = ["SubnetClient"]
 
@@ -58,7 +59,7 @@ class SubnetClient(NumPyClient):
         self.client_id = str(client_id)
         self.train_loader = train_loader
         self.test_loader = test_loader
-        self.device = _client._device(device)
+        self.device = resolve_device(device)
         self.batch_keys = (image_key, label_key)
 
     def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
