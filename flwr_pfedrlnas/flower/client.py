@@ -22,16 +22,8 @@ from flwr_pfedrlnas.core.search_space import (
 )
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.memory import is_out_of_memory, memory_budget_of, overrun_metrics
-from flwr_pfedrlnas.flower.personal import (
-    SHARE_OR_KEEP,
-    assemble,
-    kept_file,
-    load_personal,
-    save_personal,
-    write_back,
-)
+from flwr_pfedrlnas.flower.personal import KeptOnClient
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
-from flwr_pfedrlnas.supernets.keep import personal_blocks
 from flwr_pfedrlnas.training import (
     evaluate,
     recalibrate_as_configured,
@@ -208,7 +200,7 @@ def train_subnet(
     """
     config = _settings(msg, configrecord_key, defaults)
     family, arch, model = build_subnet_from_config(config)
-    kept = _Kept(family, arch, msg, context, config)
+    kept = KeptOnClient(family, arch, msg, context, config, client_id_from_context(context))
     model.load_state_dict(kept.state(msg.content[arrayrecord_key]), strict=True)
     budget = memory_budget_of(config, dict(context.node_config))
     metrics, state = _fit(
@@ -232,50 +224,6 @@ def train_subnet(
         }
     )
     return Message(content=content, reply_to=msg)
-
-
-class _Kept:
-    """A train or test message's share-or-keep part (see :mod:`~flwr_pfedrlnas.flower.personal`).
-
-    For an architecture that keeps no block personal it does nothing.
-    """
-
-    def __init__(
-        self,
-        family: SupernetFamily,
-        arch: Architecture,
-        msg: Message,
-        context: Context,
-        config: Mapping[str, Any],
-    ) -> None:
-        self.family, self.arch, self.context = family, arch, context
-        self.active = bool(personal_blocks(family, arch))
-        self.used: set[str] = set()
-        self.store: dict[str, torch.Tensor] = {}
-        self.path = None
-        if self.active:
-            self.path = kept_file(context, client_id_from_context(context), config)
-            self.store = load_personal(context, SHARE_OR_KEEP, self.path) or {}
-        init = msg.content.array_records.get(m.PERSONAL_INIT)
-        self.init = init.to_torch_state_dict() if init is not None and self.active else None
-
-    def state(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
-        """The subnet's whole state: the message's tensors and the own kept blocks."""
-        received = record.to_torch_state_dict()
-        if not self.active:
-            return received
-        state, self.used = assemble(self.family, self.arch, received, self.store, self.init)
-        return state
-
-    def trained(self, state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-        """Keep the trained personal tensors; the rest is the reply's."""
-        if not self.active:
-            return state
-        if state is not None:
-            write_back(self.family, self.arch, state, self.store, self.used)
-            state = {k: v for k, v in state.items() if k not in self.used}
-        save_personal(self.context, SHARE_OR_KEEP, self.store, self.path)
-        return state
 
 
 def _batchnorm_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -354,7 +302,7 @@ def evaluate_subnet(
     """
     config = _settings(msg, configrecord_key, defaults)
     family, arch, model = build_subnet_from_config(config)
-    kept = _Kept(family, arch, msg, context, config)
+    kept = KeptOnClient(family, arch, msg, context, config, client_id_from_context(context))
     model.load_state_dict(kept.state(msg.content[arrayrecord_key]), strict=True)
     keys = (image_key, label_key)
     loss, accuracy, n, recalibrated = _test(

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, Context, Message
 
 from flwr_pfedrlnas.core.search_space import Architecture
 from flwr_pfedrlnas.flower import messages as m
@@ -32,6 +33,7 @@ from flwr_pfedrlnas.supernets.keep import personal_blocks
 
 __all__ = [
     "SHARE_OR_KEEP",
+    "KeptOnClient",
     "assemble",
     "kept_file",
     "load_personal",
@@ -138,3 +140,51 @@ def write_back(
     slices = family.subnet_slices(arch)
     for key in used:
         store[key][slices[key]] = trained[key].detach().to(store[key].dtype).cpu()
+
+
+class KeptOnClient:
+    """A train or test message's share-or-keep part, on the client that received it.
+
+    :meth:`state` gives the subnet's whole state (the message's tensors and the
+    own kept blocks); :meth:`trained` keeps the trained personal tensors and
+    returns the rest for the reply. For an architecture that keeps no block
+    personal both pass the state through.
+    """
+
+    def __init__(
+        self,
+        family: SupernetFamily,
+        arch: Architecture,
+        msg: Message,
+        context: Context,
+        config: Mapping[str, Any],
+        client_id: str,
+    ) -> None:
+        self.family, self.arch, self.context = family, arch, context
+        self.active = bool(personal_blocks(family, arch))
+        self.used: set[str] = set()
+        self.store: dict[str, torch.Tensor] = {}
+        self.path = None
+        if self.active:
+            self.path = kept_file(context, client_id, config)
+            self.store = load_personal(context, SHARE_OR_KEEP, self.path) or {}
+        init = msg.content.array_records.get(m.PERSONAL_INIT)
+        self.init = init.to_torch_state_dict() if init is not None and self.active else None
+
+    def state(self, record: ArrayRecord) -> dict[str, torch.Tensor]:
+        """The subnet's whole state: the message's tensors and the own kept blocks."""
+        received = record.to_torch_state_dict()
+        if not self.active:
+            return received
+        state, self.used = assemble(self.family, self.arch, received, self.store, self.init)
+        return state
+
+    def trained(self, state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """Keep the trained personal tensors; the rest is the reply's."""
+        if not self.active:
+            return state
+        if state is not None:
+            write_back(self.family, self.arch, state, self.store, self.used)
+            state = {k: v for k, v in state.items() if k not in self.used}
+        save_personal(self.context, SHARE_OR_KEEP, self.store, self.path)
+        return state
