@@ -15,6 +15,7 @@ from flwr_pfedrlnas.supernets.keep import personal_keys
 __all__ = [
     "Weighting",
     "check_subnet_state",
+    "check_tensors",
     "extract_subnet",
     "merge_subnets",
     "state_num_bytes",
@@ -106,13 +107,30 @@ def check_subnet_state(
     personal = personal_keys(family, arch)
     if personal:
         expected = {k: v for k, v in expected.items() if k not in personal}
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
+    dtypes = None if supernet_state is None else {k: supernet_state[k].dtype for k in expected}
+    check_tensors(state, expected, dtypes, "subnet state", finite=True)
+
+
+def check_tensors(
+    state: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]],
+    dtypes: Mapping[str, np.dtype] | None = None,
+    what: str = "state",
+    finite: bool = False,
+) -> None:
+    """Raise ``ValueError`` naming the tensor unless ``state`` has exactly ``shapes``.
+
+    Keys (none missing, none extra, ``what`` names the state in the message),
+    shapes, dtypes where ``dtypes`` is given, and with ``finite`` that floating
+    tensors hold no NaN or infinity.
+    """
+    missing = [k for k in shapes if k not in state]
+    extra = [k for k in state if k not in shapes]
     if missing:
-        raise ValueError(f"subnet state is missing tensor(s) {missing[:5]}")
+        raise ValueError(f"{what} is missing tensor(s) {missing[:5]}")
     if extra:
-        raise ValueError(f"subnet state has unexpected tensor(s) {extra[:5]}")
-    for key, shape in expected.items():
+        raise ValueError(f"{what} has unexpected tensor(s) {extra[:5]}")
+    for key, shape in shapes.items():
         value = state[key]
         if not isinstance(value, np.ndarray):
             raise ValueError(f"tensor {key!r} is a {type(value).__name__}, not an array")
@@ -120,11 +138,9 @@ def check_subnet_state(
             raise ValueError(
                 f"tensor {key!r} has shape {tuple(value.shape)}, expected {tuple(shape)}"
             )
-        if supernet_state is not None and value.dtype != supernet_state[key].dtype:
-            raise ValueError(
-                f"tensor {key!r} has dtype {value.dtype}, expected {supernet_state[key].dtype}"
-            )
-        if value.dtype.kind == "f" and value.size and not _all_finite(value):
+        if dtypes is not None and value.dtype != dtypes[key]:
+            raise ValueError(f"tensor {key!r} has dtype {value.dtype}, expected {dtypes[key]}")
+        if finite and value.dtype.kind == "f" and value.size and not _all_finite(value):
             bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
             raise ValueError(f"tensor {key!r} has {bad} NaN or infinite value(s)")
 

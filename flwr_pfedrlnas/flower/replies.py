@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from flwr.app import Message, RecordDict
 
+from flwr_pfedrlnas.core.aggregation import check_tensors
 from flwr_pfedrlnas.core.reply_checks import MAX_NUM_EXAMPLES
 from flwr_pfedrlnas.flower import messages as m
 
@@ -82,16 +83,5 @@ def reply_arrays(content: RecordDict, key: str = "arrays") -> dict[str, np.ndarr
 
 def check_shapes(state: Mapping[str, np.ndarray], expected: Mapping[str, np.ndarray]) -> None:
     """``ValueError`` naming the tensor unless ``state`` has ``expected``'s keys, shapes, dtypes."""
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
-    if missing:
-        raise ValueError(f"reply is missing tensor(s) {missing[:5]}")
-    if extra:
-        raise ValueError(f"reply has unexpected tensor(s) {extra[:5]}")
-    for key, ref in expected.items():
-        if tuple(state[key].shape) != tuple(ref.shape):
-            raise ValueError(
-                f"tensor {key!r} has shape {tuple(state[key].shape)}, expected {tuple(ref.shape)}"
-            )
-        if state[key].dtype != ref.dtype:
-            raise ValueError(f"tensor {key!r} has dtype {state[key].dtype}, expected {ref.dtype}")
+    shapes = {k: tuple(v.shape) for k, v in expected.items()}
+    check_tensors(state, shapes, {k: v.dtype for k, v in expected.items()}, "reply")
