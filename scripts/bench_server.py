@@ -48,6 +48,7 @@ from flwr_pfedrlnas.core.aggregation import extract_subnet, state_num_bytes
 from flwr_pfedrlnas.core.search import ClientReply, PerFedRLNASSearch, SearchConfig
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.supernets import SupernetFamily, cpu_preset, get_supernet
+from flwr_pfedrlnas.supernets.base import clear_block_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "results" / "efficiency"
@@ -109,6 +110,17 @@ POSITIVE_COLUMNS = [
     "peak_memory_pfedrlnas_mb",
     "peak_memory_fedavg_largest_mb",
 ]
+SHAPE_COLUMNS = [
+    "family",
+    "size",
+    "architectures",
+    "subnet_keys",
+    "meta_build_ms",
+    "blocks_cold_ms",
+    "blocks_warm_ms",
+    "speedup_cold",
+    "speedup_warm",
+]
 BYTES_COLUMNS = [
     "family",
     "size",
@@ -134,6 +146,7 @@ class Setting:
     client_round_budget: int  # reps at a point = clamp(budget // N, 1, max_reps)
     warmup: bool = True
     quick: bool = False
+    shape_archs: int = 30  # new architectures per shape-derivation measure
 
 
 FULL = Setting(
@@ -151,6 +164,7 @@ QUICK = Setting(
     client_round_budget=2,
     warmup=False,
     quick=True,
+    shape_archs=3,
 )
 
 
@@ -197,7 +211,7 @@ def instrumented(family: SupernetFamily, clock: Clock) -> Iterator[None]:
 
     Wraps the names that :mod:`flwr_pfedrlnas.core.search` and
     :mod:`flwr_pfedrlnas.core.reply_checks` call (and the family's shape cache, whose
-    misses build the subnet on the meta device) for the duration of the block;
+    misses derive the shapes of a new architecture) for the duration of the block;
     nothing else changes.
     """
     saved = [
@@ -475,6 +489,7 @@ def bench_family(
     name: str, size: str, setting: Setting, log: Callable[[str], None]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Profile]:
     """Time every clients-per-round point of one family and size; bytes per method."""
+    clear_block_shapes()  # each family starts as a fresh server would: no block seen
     family = get_supernet(name, **family_knobs(name, size))
     core = PerFedRLNASSearch(family, SearchConfig(seed=SEED))
     client_ids = [f"client-{i:03d}" for i in range(setting.num_clients)]
@@ -627,6 +642,73 @@ def bytes_rows(
         }
         for method, down, up in methods
     ]
+
+
+def shape_derivation_row(name: str, size: str, num_archs: int, seed: int = SEED) -> dict[str, Any]:
+    """CPU milliseconds per new architecture to derive its shapes, three ways, one run.
+
+    ``meta_build``: the generic path (``SupernetFamily.derive_subnet_shapes``, the
+    whole subnet built on the meta device); ``blocks_cold``: the family's own
+    derivation with no block's shapes kept yet (each new block built once on the
+    meta device); ``blocks_warm``: the family's own derivation on ``num_archs``
+    further new architectures, the blocks seen so far kept (a server some rounds
+    in). Every result is checked against the generic one. Fresh family instances,
+    so that no architecture is cached.
+    """
+    knobs = family_knobs(name, size)
+    rng = np.random.default_rng(seed + 7)
+    probe = get_supernet(name, **knobs)
+    space = probe.search_space
+    first = [space.validate(space.sample(rng)) for _ in range(num_archs)]
+    second = [space.validate(space.sample(rng)) for _ in range(num_archs)]
+
+    def per_arch(derive: Callable[[Any], dict], archs: list[Any]) -> tuple[float, list[dict]]:
+        gc.collect()
+        t0 = cpu_now()
+        out = [derive(a) for a in archs]
+        return (cpu_now() - t0) / len(archs) * 1e3, out
+
+    generic_family = get_supernet(name, **knobs)
+    meta_ms, reference = per_arch(
+        lambda a: SupernetFamily.derive_subnet_shapes(generic_family, a), first
+    )
+    clear_block_shapes()
+    fast_family = get_supernet(name, **knobs)
+    cold_ms, fast = per_arch(fast_family.derive_subnet_shapes, first)
+    warm_ms, fast_second = per_arch(fast_family.derive_subnet_shapes, second)
+    for ref, got in zip(reference, fast):
+        assert list(ref.items()) == list(got.items()), (name, size)
+    for arch, got in zip(second, fast_second):
+        ref = SupernetFamily.derive_subnet_shapes(generic_family, arch)
+        assert list(ref.items()) == list(got.items()), (name, size)
+    return {
+        "family": name,
+        "size": size,
+        "architectures": num_archs,
+        "subnet_keys": float(np.mean([len(r) for r in reference])),
+        "meta_build_ms": meta_ms,
+        "blocks_cold_ms": cold_ms,
+        "blocks_warm_ms": warm_ms,
+        "speedup_cold": meta_ms / cold_ms,
+        "speedup_warm": meta_ms / warm_ms,
+    }
+
+
+def shape_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of :func:`shape_derivation_row` results."""
+    lines = [
+        "| Family | Size | New architectures | Keys (mean) | Meta-device build, ms | "
+        "Blocks, none kept, ms | Blocks, kept, ms | Speed-up (none kept) | "
+        "Speed-up (kept) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['family']}` | {r['size']} | {r['architectures']} | {r['subnet_keys']:.0f} "
+            f"| {r['meta_build_ms']:.2f} | {r['blocks_cold_ms']:.2f} | "
+            f"{r['blocks_warm_ms']:.3f} | {r['speedup_cold']:.0f}x | {r['speedup_warm']:.0f}x |"
+        )
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -838,16 +920,30 @@ def profile_section(profiles: dict[tuple[str, str], Profile]) -> str:
         "their own: their time is the own time of the function that calls them "
         "(`_add_part`, `_merge_small` and `_finish` are the merge's arithmetic, "
         "`_all_finite` the finiteness check; `torch.nn` module constructors, "
-        "`__setattr__` and `state_dict` are the meta-device builds that derive the "
-        "shapes of new architectures). cProfile slows Python calls, so the Python-heavy parts "
-        "(building subnets on the meta device: `torch.nn` module constructors) weigh "
-        "more here than in the timed rounds.",
+        "`__setattr__` and `state_dict` are the meta-device builds of blocks not seen "
+        "before, from which the shapes of new architectures are derived). cProfile "
+        "slows Python calls, so the Python-heavy parts (meta-device builds: `torch.nn` "
+        "module constructors) weigh more here than in the timed rounds.",
         "",
     ]
     for (name, size), profile in profiles.items():
         parts = "; ".join(f"`{where}` {share:.0%}" for where, share in profile)
         lines.append(f"- `{name}` ({size}): {parts}.")
     return "\n".join(lines)
+
+
+SHAPES_HOW = (
+    "CPU milliseconds per architecture not seen before to derive its subnet's tensor "
+    'shapes (what "of which shapes" times inside the round), measured apart on '
+    "fresh family instances: the generic path (`SupernetFamily.derive_subnet_shapes`, "
+    "the whole subnet built on PyTorch's meta device, still what a family without "
+    "its own derivation gets) against the family's own `derive_subnet_shapes`, "
+    "which concatenates the cached shapes of its blocks (`block_shapes`: each "
+    "distinct block configuration built once on the meta device), first with no "
+    'block kept ("none kept": the first architectures of a run), then on as many '
+    'further new architectures with the blocks seen so far kept ("kept"). Each '
+    "result is checked against the generic one (same keys, order and shapes)."
+)
 
 
 README_TEMPLATE = """# Server efficiency: PerFedRLNAS against Flower's FedAvg
@@ -881,8 +977,10 @@ before and after the issue-16 changes: [`before-after.md`](before-after.md).
   timed by wrapping the functions `incorporate` calls; "reward+policy" is the rest
   of `incorporate` (metric checks, rewards, policy updates, the copies that make
   the state change atomic). "Of which shapes" is the time spent deriving the tensor
-  shapes of architectures not seen before (building the subnet on PyTorch's meta
-  device, `SupernetFamily.subnet_shapes`); it is part of propose.
+  shapes of architectures not seen before (`SupernetFamily.derive_subnet_shapes`:
+  the built-in families concatenate cached per-block shapes, building on PyTorch's
+  meta device only blocks not seen before; see "Shape derivation" below); it is
+  part of propose.
 - **FedAvg**: Flower's own `flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords`
   (what `FedAvg.aggregate_train` calls) on `RecordDict` replies holding an
   `ArrayRecord` and a `MetricRecord` with `num-examples`, for the same number of
@@ -944,6 +1042,12 @@ The wall-clock column gives the headline ratio from wall-clock times
 
 {profile}
 
+## Shape derivation per new architecture
+
+{shapes_how}
+
+{shape_table}
+
 ## Bytes per round
 
 {bytes_table}
@@ -960,9 +1064,11 @@ Caveats:
   more does the server compute per round", not "how much longer does a round
   take": a round's wall clock is dominated by the clients' training and the
   transfers, seconds to minutes per round, against the server times above.
-- Deriving the shapes of an architecture builds its subnet on PyTorch's meta
-  device once; the slices are then kept for the last 512 architectures (keyed by
-  the architecture's JSON) and reused by extraction, validation and the merge.
+- Deriving the shapes of a new architecture concatenates its blocks' shapes,
+  each distinct block built once on PyTorch's meta device and kept (a family
+  without its own derivation builds the whole subnet there); the slices are then
+  kept for the last 512 architectures (keyed by the architecture's JSON) and
+  reused by extraction, validation and the merge.
   With uniform policies, as here, almost every sampled architecture is new, so the
   cache seldom hits; as the policies converge the same architectures recur and the
   "shapes cached" column is the round's cost.
@@ -1031,6 +1137,7 @@ def write_readme(
     out: Path,
     rows: list[dict[str, Any]],
     byte_rows: list[dict[str, Any]],
+    shape_rows: list[dict[str, Any]],
     setting: Setting,
     wall: float,
     num_sampled: dict[tuple[str, str], int],
@@ -1061,6 +1168,8 @@ def write_readme(
         bytes_table=bytes_table(byte_rows),
         reading=reading(rows, byte_rows),
         profile=profile_section(profiles),
+        shapes_how=SHAPES_HOW,
+        shape_table=shape_table(shape_rows),
         round_time=round_time_section(),
     )
     (out / "README.md").write_text(text)
@@ -1075,7 +1184,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, help="families"
     )
     parser.add_argument("--sizes", nargs="+", default=None, choices=("paper", "cpu"), help="sizes")
+    parser.add_argument(
+        "--shapes-only",
+        action="store_true",
+        help="only the shape derivation per new architecture (shape_derivation.csv/.md)",
+    )
     return parser.parse_args(argv)
+
+
+def write_shapes_only(out: Path, rows: list[dict[str, Any]], argv: Sequence[str]) -> Path:
+    """``shape_derivation.md``: the shape-derivation table alone, with its command."""
+    args = " ".join(shlex.quote(a) for a in argv)
+    path = out / "shape_derivation.md"
+    path.write_text(
+        "# Shape derivation per new architecture\n\n"
+        f"Generated on {dt.date.today().isoformat()} with\n\n```\n"
+        f"python scripts/bench_server.py {args}\n```\n\n"
+        f"({os.cpu_count()}-core CPU, {platform.machine()}, {platform.system()}; Python "
+        f"{platform.python_version()}, torch {torch_version()}.)\n\n"
+        f"{SHAPES_HOW}\n\n{shape_table(rows)}\n"
+    )
+    return path
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
@@ -1090,8 +1225,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
+    if args.shapes_only:
+        shape_rows = []
+        for size in sizes:
+            for name in args.families:
+                shape_rows.append(shape_derivation_row(name, size, setting.shape_archs))
+                log(f"{name:12s} {size:5s} shapes {shape_rows[-1]}")
+        paths = {"shapes": out / "shape_derivation.csv"}
+        write_csv(paths["shapes"], shape_rows, SHAPE_COLUMNS)
+        paths["shapes_md"] = write_shapes_only(out, shape_rows, argv)
+        log(f"wrote {', '.join(str(p) for p in paths.values())}")
+        return paths
+
     rows: list[dict[str, Any]] = []
     byte_rows: list[dict[str, Any]] = []
+    shape_rows: list[dict[str, Any]] = []
     num_sampled: dict[tuple[str, str], int] = {}
     profiles: dict[tuple[str, str], Profile] = {}
     for size in sizes:
@@ -1104,18 +1252,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
             num_sampled[(name, size)] = sum(
                 r["clients_per_round"] * r["rounds_timed"] for r in family_rows
             )
+            shape_rows.append(shape_derivation_row(name, size, setting.shape_archs))
     wall = time.perf_counter() - start
 
     paths = {
         "server_time": out / "server_time.csv",
         "bytes": out / "bytes.csv",
+        "shapes": out / "shape_derivation.csv",
         "plot": out / "server_time.png",
         "readme": out / "README.md",
     }
     write_csv(paths["server_time"], rows, SERVER_TIME_COLUMNS)
     write_csv(paths["bytes"], byte_rows, BYTES_COLUMNS)
+    write_csv(paths["shapes"], shape_rows, SHAPE_COLUMNS)
     plot(rows, paths["plot"])
-    write_readme(out, rows, byte_rows, setting, wall, num_sampled, profiles, argv)
+    write_readme(out, rows, byte_rows, shape_rows, setting, wall, num_sampled, profiles, argv)
     log(f"wrote {', '.join(str(p) for p in paths.values())} (total {wall:.0f} s)")
     for r in rows:
         assert all(math.isfinite(r[c]) and r[c] > 0 for c in POSITIVE_COLUMNS), r

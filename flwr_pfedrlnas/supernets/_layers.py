@@ -6,11 +6,15 @@ Module attribute names here are part of the families' state_dict keys
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
+
+from flwr_pfedrlnas.supernets.base import ShapeItems, block_shapes, shape_cache
 
 __all__ = [
     "ConvBNAct",
@@ -19,6 +23,7 @@ __all__ = [
     "init_weights",
     "make_activation",
     "make_divisible",
+    "pooled_head_shapes",
 ]
 
 DIVISOR = 8
@@ -103,36 +108,98 @@ class InvertedResidual(nn.Module):
         divisor: int = DIVISOR,
     ) -> None:
         super().__init__()
-        if not has_expand:
-            hidden_channels = in_channels
-        self.expand = (
-            ConvBNAct(in_channels, hidden_channels, 1, activation=activation)
-            if has_expand
-            else nn.Identity()
-        )
-        self.dw = ConvBNAct(
-            hidden_channels,
+        parts = self.parts(
+            in_channels,
+            out_channels,
             hidden_channels,
             kernel_size,
-            stride=stride,
-            groups=hidden_channels,
-            activation=activation,
+            stride,
+            activation,
+            use_se,
+            has_expand,
+            divisor,
         )
-        self.se = (
-            SqueezeExcitation(
-                hidden_channels,
-                make_divisible(hidden_channels / SE_REDUCTION, divisor),
-                scale_activation=nn.Hardsigmoid,
-            )
-            if use_se
-            else nn.Identity()
-        )
-        self.project = ConvBNAct(hidden_channels, out_channels, 1)
+        for name, (factory, args, kwargs) in parts.items():
+            setattr(self, name, factory(*args, **kwargs))
         self.residual = residual
+
+    @staticmethod
+    def parts(
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        stride: int,
+        activation: str,
+        use_se: bool,
+        has_expand: bool = True,
+        divisor: int = DIVISOR,
+    ) -> dict[str, tuple[Callable[..., nn.Module], tuple[Any, ...], dict[str, Any]]]:
+        """``expand``, ``dw``, ``se``, ``project``: each ``(factory, args, kwargs)``.
+
+        The block's modules in registration order (the order of its
+        ``state_dict``), each what the factory builds from those arguments.
+        """
+        if not has_expand:
+            hidden_channels = in_channels
+        identity: tuple[Callable[..., nn.Module], tuple[Any, ...], dict[str, Any]] = (
+            nn.Identity,
+            (),
+            {},
+        )
+        return {
+            "expand": (
+                (ConvBNAct, (in_channels, hidden_channels, 1), {"activation": activation})
+                if has_expand
+                else identity
+            ),
+            "dw": (
+                ConvBNAct,
+                (hidden_channels, hidden_channels, kernel_size),
+                {"stride": stride, "groups": hidden_channels, "activation": activation},
+            ),
+            "se": (
+                (
+                    SqueezeExcitation,
+                    (hidden_channels, make_divisible(hidden_channels / SE_REDUCTION, divisor)),
+                    {"scale_activation": nn.Hardsigmoid},
+                )
+                if use_se
+                else identity
+            ),
+            "project": (ConvBNAct, (hidden_channels, out_channels, 1), {}),
+        }
+
+    @classmethod
+    def shapes(cls, prefix: str, *args: Any, **kwargs: Any) -> ShapeItems:
+        """The block's ``state_dict`` shapes, keys after ``prefix``, without building it.
+
+        The arguments are the constructor's; the shapes are those of its
+        :meth:`parts`, each part's kept by :func:`block_shapes`.
+        """
+        return _inverted_residual_items(prefix, args, tuple(sorted(kwargs.items())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.dw(self.expand(x))))
         return x + out if self.residual else out
+
+
+_INVERTED_RESIDUAL_SIGNATURE = inspect.signature(InvertedResidual.__init__)
+
+
+@shape_cache
+def _inverted_residual_items(
+    prefix: str, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]
+) -> ShapeItems:
+    bound = _INVERTED_RESIDUAL_SIGNATURE.bind(None, *args, **dict(kwargs))
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    del arguments["self"], arguments["residual"]  # no weights: not a part's argument
+    return tuple(
+        item
+        for name, (factory, part_args, part_kwargs) in InvertedResidual.parts(**arguments).items()
+        for item in block_shapes(f"{prefix}{name}.", factory, *part_args, **part_kwargs)
+    )
 
 
 def init_weights(module: nn.Module, init_linear: Callable[[torch.Tensor], object]) -> None:
@@ -182,3 +249,18 @@ class PooledHeadNet(nn.Module):
         x = self.pool(self.final_expand(x)).flatten(1)
         x = self.dropout(self.head_act(self.feature_mix(x)))
         return self.classifier(x)
+
+
+def pooled_head_shapes(
+    final_in: int, final_out: int, activation: str, head_channels: int, num_classes: int
+) -> ShapeItems:
+    """The ``state_dict`` shapes of :meth:`PooledHeadNet.add_head`'s modules, in order.
+
+    For a ``final_expand`` of ``ConvBNAct(final_in, final_out, 1, activation=activation)``
+    (the pooling, the head's activation and the dropout have no entries).
+    """
+    return (
+        *block_shapes("final_expand.", ConvBNAct, final_in, final_out, 1, activation=activation),
+        *block_shapes("feature_mix.", nn.Linear, final_out, head_channels),
+        *block_shapes("classifier.", nn.Linear, head_channels, num_classes),
+    )

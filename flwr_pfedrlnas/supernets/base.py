@@ -18,13 +18,26 @@ from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, SearchSpace, architecture_to_json
 
-__all__ = ["SupernetFamily", "Slices", "state_to_numpy", "numpy_to_state"]
+__all__ = [
+    "ShapeItems",
+    "SupernetFamily",
+    "Slices",
+    "block_shapes",
+    "clear_block_shapes",
+    "module_shapes",
+    "numpy_to_state",
+    "shape_cache",
+    "state_to_numpy",
+]
 
 # Where one subnet tensor sits inside the supernet tensor of the same key.
 Slices = tuple[slice, ...]
+# (key, shape) of every entry of a state_dict, in its order.
+ShapeItems = tuple[tuple[str, tuple[int, ...]], ...]
 
 _SHAPE_CACHE_SIZE = 512
 _TENSOR_SLICES_CACHE_SIZE = 1 << 16
+_BLOCK_CACHE_SIZE = 1 << 14
 
 # torch.nn.init functions skipped on meta tensors while shapes are derived: a meta
 # tensor has no values, and initialising one still dispatches through torch's
@@ -99,6 +112,61 @@ def skip_meta_init():
                 for name, original in _init_originals.items():
                     setattr(nn.init, name, original)
                 _init_originals.clear()
+
+
+def module_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Shape of every ``state_dict`` entry of ``module``, in its order (no detach)."""
+    state = module.state_dict(keep_vars=True)  # keep_vars: no detach per tensor
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+_SHAPE_CACHES: list[Any] = []
+
+
+def shape_cache(fn: Any) -> Any:
+    """``functools.lru_cache`` (16 Ki entries) that :func:`clear_block_shapes` clears too.
+
+    For functions of hashable arguments that assemble shapes from
+    :func:`block_shapes` (a block made of blocks).
+    """
+    cached = functools.lru_cache(maxsize=_BLOCK_CACHE_SIZE)(fn)
+    _SHAPE_CACHES.append(cached)
+    return cached
+
+
+@shape_cache
+def _block_items(factory: Any, args: tuple[Any, ...], kwargs: tuple[Any, ...]) -> ShapeItems:
+    with _gc_paused(), skip_meta_init(), torch.device("meta"):
+        module = factory(*args, **dict(kwargs))
+        return tuple(module_shapes(module).items())
+
+
+@shape_cache
+def _prefixed_items(
+    prefix: str, factory: Any, args: tuple[Any, ...], kwargs: tuple[Any, ...]
+) -> ShapeItems:
+    return tuple((prefix + key, shape) for key, shape in _block_items(factory, args, kwargs))
+
+
+def block_shapes(prefix: str, factory: Any, *args: Any, **kwargs: Any) -> ShapeItems:
+    """The ``state_dict`` shapes of ``factory(*args, **kwargs)``, keys after ``prefix``.
+
+    The module is built once on the meta device per distinct ``(factory, args,
+    kwargs)`` (all hashable) and its shapes are kept (the last 16 Ki blocks), so
+    a family's :meth:`SupernetFamily.derive_subnet_shapes` can assemble a subnet's
+    shapes from its blocks' without building the subnet: the shapes of a module
+    depend only on its constructor's arguments, and a container's ``state_dict``
+    is its own entries followed by each child's under ``"<child name>."``, in
+    registration order. ``prefix`` is the block's path in the subnet followed by
+    a dot (``"stages.0.1."``), or ``""``.
+    """
+    return _prefixed_items(prefix, factory, args, tuple(sorted(kwargs.items())))
+
+
+def clear_block_shapes() -> None:
+    """Forget every block's shapes kept by :func:`block_shapes` and :func:`shape_cache`."""
+    for cache in _SHAPE_CACHES:
+        cache.cache_clear()
 
 
 class SupernetFamily(ABC):
@@ -188,14 +256,31 @@ class SupernetFamily(ABC):
         if self._supernet_shapes is None:
             with skip_meta_init(), torch.device("meta"):
                 module = self.build_supernet()
-            state = module.state_dict(keep_vars=True)  # keep_vars: no detach per tensor
-            self._supernet_shapes = {k: tuple(v.shape) for k, v in state.items()}
+            self._supernet_shapes = module_shapes(module)
         return dict(self._supernet_shapes)
 
     def subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
-        """Shape of every tensor of ``arch``'s subnet, in the subnet's key order."""
+        """Shape of every tensor of ``arch``'s subnet, in the subnet's key order.
+
+        Derived once per architecture by :meth:`derive_subnet_shapes` and kept
+        (the last 512 architectures, keyed by the architecture's JSON).
+        """
         arch = self.search_space.validate(arch)
         return dict(self._cached_shapes(arch, architecture_to_json(arch)))
+
+    def derive_subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
+        """Shapes of a validated ``arch``'s subnet, uncached (optional override).
+
+        Must equal ``build_subnet(arch).state_dict()``'s shapes exactly: the same
+        keys, in the same order, with the same shapes. The default builds the
+        subnet on PyTorch's meta device (no weights allocated), which is right
+        for every family but costs a whole module build per new architecture; a
+        family may override it with a cheaper exact derivation, typically
+        assembled from cached per-block shapes (:func:`block_shapes`).
+        :meth:`subnet_shapes` and :meth:`subnet_slices` cache its result.
+        """
+        with _gc_paused(), skip_meta_init(), torch.device("meta"):
+            return module_shapes(self.build_subnet(arch))
 
     def _cached_shapes(self, arch: Architecture, arch_json: str) -> dict[str, tuple[int, ...]]:
         # The cache's own dict: callers copy it before handing it out.
@@ -203,10 +288,7 @@ class SupernetFamily(ABC):
         if shapes is not None:
             self._subnet_shapes.move_to_end(arch_json)
             return shapes
-        with _gc_paused(), skip_meta_init(), torch.device("meta"):
-            module = self.build_subnet(arch)
-            state = module.state_dict(keep_vars=True)  # keep_vars: no detach per tensor
-            shapes = {k: tuple(v.shape) for k, v in state.items()}
+        shapes = self.derive_subnet_shapes(arch)
         self._subnet_shapes[arch_json] = shapes
         if len(self._subnet_shapes) > _SHAPE_CACHE_SIZE:
             self._subnet_shapes.popitem(last=False)

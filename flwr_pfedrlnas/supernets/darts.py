@@ -11,7 +11,7 @@ from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
 from flwr_pfedrlnas.supernets import register_supernet
-from flwr_pfedrlnas.supernets.base import SupernetFamily
+from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
 
 __all__ = ["DARTS_OPERATIONS", "DARTSFamily"]
 
@@ -202,6 +202,35 @@ class _Edge(nn.ModuleDict):
         return sum(terms)
 
 
+def _used_inputs(edge_ops: Sequence[Sequence[str]], steps: int) -> list[bool]:
+    """Whether each input node is preprocessed: some edge reading it is not 'none'."""
+    inputs = _edge_inputs(steps)
+    return [
+        any(any(op != _NONE for op in ops) for ops, i in zip(edge_ops, inputs) if i == n)
+        for n in range(2)
+    ]
+
+
+def _preprocess0(c_prev_prev: int, channels: int, reduction_prev: bool, affine: bool) -> nn.Module:
+    """The older input's preprocessing: halved (FactorizedReduce) after a reduction cell."""
+    if reduction_prev:
+        return _FactorizedReduce(c_prev_prev, channels, affine)
+    return _ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine)
+
+
+def _edge_stride(reduction: bool, input_node: int) -> int:
+    """Stride 2 on a reduction cell's edges from the input nodes, else 1."""
+    return 2 if reduction and input_node < 2 else 1
+
+
+def _stem(in_channels: int, channels: int) -> nn.Sequential:
+    """DARTS's stem: a 3x3 convolution (no bias) and BatchNorm."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+    )
+
+
 class _Cell(nn.Module):
     """A DARTS cell: two preprocessed inputs, ``steps`` nodes, concatenated output.
 
@@ -232,23 +261,15 @@ class _Cell(nn.Module):
         self.channels = channels
         self.reduction = reduction
         inputs = _edge_inputs(steps)
-        # An input node is preprocessed only if some edge reading it is not 'none'.
-        used = [
-            any(any(op != _NONE for op in ops) for ops, i in zip(edge_ops, inputs) if i == n)
-            for n in range(2)
-        ]
+        used = _used_inputs(edge_ops, steps)
         self.preprocess0: nn.Module | None = None
         self.preprocess1: nn.Module | None = None
         if used[0]:
-            self.preprocess0 = (
-                _FactorizedReduce(c_prev_prev, channels, affine)
-                if reduction_prev
-                else _ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine)
-            )
+            self.preprocess0 = _preprocess0(c_prev_prev, channels, reduction_prev, affine)
         if used[1]:
             self.preprocess1 = _ReLUConvBN(c_prev, channels, 1, 1, 0, affine)
         self.edges = nn.ModuleList(
-            _Edge(ops, channels, 2 if reduction and i < 2 else 1, affine)
+            _Edge(ops, channels, _edge_stride(reduction, i), affine)
             for ops, i in zip(edge_ops, inputs)
         )
 
@@ -500,35 +521,90 @@ class DARTSFamily(SupernetFamily):
         chosen = {t: [[arch[f"{t}.edge{k}"]] for k in range(self.num_edges)] for t in _CELL_TYPES}
         return self._build(chosen)
 
-    def _build(self, edge_ops: dict[str, list[list[str]]]) -> nn.Module:
-        """Network whose edges hold ``edge_ops[cell_type][k]`` (one code path)."""
+    def derive_subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
+        """``arch``'s subnet shapes from cached per-operation shapes (no subnet built).
+
+        Exactly ``build_subnet(arch).state_dict()``'s keys, order and shapes: the
+        cells of :meth:`_cell_layout`, each its preprocessing (where used) and
+        its edges' chosen operations, as :class:`_Cell` registers them.
+        """
+        cfg = self._config
+        affine = cfg["affine"]
+        steps = cfg["steps"]
+        inputs = _edge_inputs(steps)
+        chosen = {t: [(arch[f"{t}.edge{k}"],) for k in range(self.num_edges)] for t in _CELL_TYPES}
+        used = {t: _used_inputs(ops, steps) for t, ops in chosen.items()}
+        c_stem, layout, c_out = self._cell_layout()
+        items = list(block_shapes("stem.", _stem, cfg["in_channels"], c_stem))
+        for c, (c_prev_prev, c_prev, channels, reduction, reduction_prev) in enumerate(layout):
+            cell_type = "reduce" if reduction else "normal"
+            prefix = f"cells.{c}."
+            if used[cell_type][0]:
+                items.extend(
+                    block_shapes(
+                        prefix + "preprocess0.",
+                        _preprocess0,
+                        c_prev_prev,
+                        channels,
+                        reduction_prev,
+                        affine,
+                    )
+                )
+            if used[cell_type][1]:
+                items.extend(
+                    block_shapes(
+                        prefix + "preprocess1.", _ReLUConvBN, c_prev, channels, 1, 1, 0, affine
+                    )
+                )
+            for k, (ops, i) in enumerate(zip(chosen[cell_type], inputs)):
+                items.extend(
+                    block_shapes(
+                        f"{prefix}edges.{k}.",
+                        _Edge,
+                        ops,
+                        channels,
+                        _edge_stride(reduction, i),
+                        affine,
+                    )
+                )
+        items.extend(block_shapes("classifier.", nn.Linear, c_out, cfg["num_classes"]))
+        return dict(items)
+
+    def _cell_layout(self) -> tuple[int, list[tuple[int, int, int, bool, bool]], int]:
+        """The stem width, per cell ``(c_prev_prev, c_prev, channels, reduction,
+        reduction_prev)``, and the last cell's output channels (the classifier's input)."""
         cfg = self._config
         c_stem = cfg["stem_multiplier"] * cfg["init_channels"]
-        stem = nn.Sequential(
-            nn.Conv2d(cfg["in_channels"], c_stem, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c_stem),
-        )
         reductions = self.reduction_cells()
-        cells = nn.ModuleList()
+        layout = []
         c_prev_prev, c_prev, reduction_prev = c_stem, c_stem, False
         for i, channels in enumerate(self.cell_channels()):
             reduction = i in reductions
-            cells.append(
-                _Cell(
-                    edge_ops["reduce" if reduction else "normal"],
-                    cfg["steps"],
-                    cfg["multiplier"],
-                    c_prev_prev,
-                    c_prev,
-                    channels,
-                    reduction,
-                    reduction_prev,
-                    cfg["affine"],
-                )
-            )
+            layout.append((c_prev_prev, c_prev, channels, reduction, reduction_prev))
             c_prev_prev, c_prev = c_prev, cfg["multiplier"] * channels
             reduction_prev = reduction
-        return _DARTSNetwork(stem, cells, c_prev, cfg["num_classes"])
+        return c_stem, layout, c_prev
+
+    def _build(self, edge_ops: dict[str, list[list[str]]]) -> nn.Module:
+        """Network whose edges hold ``edge_ops[cell_type][k]`` (one code path)."""
+        cfg = self._config
+        c_stem, layout, c_out = self._cell_layout()
+        stem = _stem(cfg["in_channels"], c_stem)
+        cells = nn.ModuleList(
+            _Cell(
+                edge_ops["reduce" if reduction else "normal"],
+                cfg["steps"],
+                cfg["multiplier"],
+                c_prev_prev,
+                c_prev,
+                channels,
+                reduction,
+                reduction_prev,
+                cfg["affine"],
+            )
+            for c_prev_prev, c_prev, channels, reduction, reduction_prev in layout
+        )
+        return _DARTSNetwork(stem, cells, c_out, cfg["num_classes"])
 
     # ------------------------------------------------------------------ extremes
     def operation_sizes(self) -> dict[str, dict[str, tuple[int, int]]]:
@@ -552,7 +628,7 @@ class DARTSFamily(SupernetFamily):
                             reduction = i in reductions
                             if reduction != (cell_type == "reduce"):
                                 continue
-                            stride = 2 if reduction and inputs[k] < 2 else 1
+                            stride = _edge_stride(reduction, inputs[k])
                             op = _make_op(str(op_name), c, stride, self._config["affine"])
                             if op is None:
                                 continue

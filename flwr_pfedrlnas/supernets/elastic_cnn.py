@@ -8,7 +8,7 @@ from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
 from flwr_pfedrlnas.supernets import register_supernet
-from flwr_pfedrlnas.supernets.base import SupernetFamily
+from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
 
 __all__ = ["ElasticCNNFamily"]
 
@@ -48,9 +48,11 @@ class ElasticCNNFamily(SupernetFamily):
     """Stages of conv-BN-ReLU blocks; per stage: kernel, width and depth.
 
     Written only against the public contract: a search space and two builders
-    that share one builder function. The supernet is the largest architecture;
-    a subnet keeps leading channels, the centre of each kernel and the first
-    blocks of each stage, so its tensors are slices of the supernet's.
+    that share one builder function (and the contract's optional
+    ``derive_subnet_shapes``, which only makes new architectures' shapes
+    cheaper). The supernet is the largest architecture; a subnet keeps leading
+    channels, the centre of each kernel and the first blocks of each stage, so
+    its tensors are slices of the supernet's.
 
     Parameters
     ----------
@@ -98,7 +100,8 @@ class ElasticCNNFamily(SupernetFamily):
     def search_space(self) -> SearchSpace:
         return self._space
 
-    def _build(self, arch: Architecture) -> nn.Module:
+    def _layout(self, arch: Architecture) -> list[list[tuple[int, int, int, int]]]:
+        """Per stage, ``(in_ch, out_ch, kernel, stride)`` of every block kept."""
         c = self._config
         stages, in_ch = [], c["in_channels"]
         for s in range(1, c["num_stages"] + 1):
@@ -109,7 +112,30 @@ class ElasticCNNFamily(SupernetFamily):
                 blocks.append((in_ch, out_ch, int(arch[f"stage{s}.kernel"]), stride))
                 in_ch = out_ch
             stages.append(blocks)
-        return _Net(c["in_channels"], stages, c["num_classes"])
+        return stages
+
+    def _build(self, arch: Architecture) -> nn.Module:
+        c = self._config
+        return _Net(c["in_channels"], self._layout(arch), c["num_classes"])
+
+    def derive_subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
+        """Optional: ``arch``'s subnet shapes from cached per-block shapes.
+
+        Exactly ``build_subnet(arch).state_dict()``'s: the blocks of every stage,
+        then the classifier. Without this override the family works the same,
+        its shapes derived by building the subnet on the meta device.
+        """
+        stages = self._layout(arch)
+        items = [
+            item
+            for s, blocks in enumerate(stages)
+            for b, spec in enumerate(blocks)
+            for item in block_shapes(f"stages.{s}.{b}.", _Block, *spec)
+        ]
+        items.extend(
+            block_shapes("classifier.", nn.Linear, stages[-1][-1][1], self._config["num_classes"])
+        )
+        return dict(items)
 
     def keepable_blocks(self) -> dict[str, tuple[str, ...]]:
         """``classifier`` and ``last-stage``."""

@@ -18,8 +18,9 @@ from flwr_pfedrlnas.supernets._layers import (
     PooledHeadNet,
     init_weights,
     make_divisible,
+    pooled_head_shapes,
 )
-from flwr_pfedrlnas.supernets.base import SupernetFamily
+from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
 
 __all__ = ["MOBILENETV3_STAGES", "MobileNetV3Family", "StageSpec"]
 
@@ -315,14 +316,40 @@ class MobileNetV3Family(SupernetFamily):
         """Standalone network of ``arch`` (built from ``arch`` alone)."""
         return self._build(self.search_space.validate(arch))
 
-    def _build(self, arch: Architecture) -> nn.Module:
-        """Build the network of a validated ``arch`` (one code path for both)."""
+    def derive_subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
+        """``arch``'s subnet shapes from cached per-block shapes (no subnet built).
+
+        Exactly ``build_subnet(arch).state_dict()``'s keys, order and shapes: the
+        blocks of :meth:`_layout`, in the order :meth:`_build` registers them.
+        """
+        stem_args, stem_ch, stage_args, final_args, head_ch = self._layout(arch)
+        items = [
+            *block_shapes("stem.", ConvBNAct, *stem_args, activation="hardswish"),
+            *block_shapes("first_block.", _FirstBlock, stem_ch),
+        ]
+        for i, blocks in enumerate(stage_args):
+            for b, args in enumerate(blocks):
+                items.extend(InvertedResidual.shapes(f"stages.{i}.{b}.", *args))
+        items.extend(
+            pooled_head_shapes(*final_args, "hardswish", head_ch, self._config["num_classes"])
+        )
+        return dict(items)
+
+    def _layout(
+        self, arch: Architecture
+    ) -> tuple[tuple[int, ...], int, list[list[tuple[Any, ...]]], tuple[int, int], int]:
+        """The blocks' constructor arguments of a validated ``arch``.
+
+        The stem's ``ConvBNAct`` arguments (hardswish), the stem width (the
+        first block's channels), per stage the ``InvertedResidual`` arguments of
+        every block, the final expansion's (input, output) channels and the
+        head width: everything the shapes depend on.
+        """
         cfg = self._config
         w = cfg["width_mult"]
         stem_ch = make_divisible(_STEM_CHANNELS * w)
-        stem = ConvBNAct(cfg["in_channels"], stem_ch, 3, self.stem_stride, activation="hardswish")
-        first_block = _FirstBlock(stem_ch)
-        stages = nn.ModuleList()
+        stem_args = (cfg["in_channels"], stem_ch, 3, self.stem_stride)
+        stage_args = []
         in_ch = stem_ch
         max_outs = self.stage_max_channels()
         for i, (spec, max_out) in enumerate(
@@ -336,7 +363,7 @@ class MobileNetV3Family(SupernetFamily):
             for b in range(depth):
                 # Blocks after the first keep stride 1 and the stage width: residual.
                 blocks.append(
-                    InvertedResidual(
+                    (
                         in_ch,
                         out_ch,
                         make_divisible(in_ch * expand),
@@ -344,13 +371,24 @@ class MobileNetV3Family(SupernetFamily):
                         spec.stride if b == 0 else 1,
                         spec.activation,
                         spec.use_se,
-                        residual=b > 0,
+                        b > 0,  # residual
                     )
                 )
                 in_ch = out_ch
-            stages.append(nn.Sequential(*blocks))
+            stage_args.append(blocks)
         final_ch = make_divisible(_FINAL_EXPAND_RATIO * max_outs[-1])
-        final_expand = ConvBNAct(in_ch, final_ch, 1, activation="hardswish")
+        return stem_args, stem_ch, stage_args, (in_ch, final_ch), make_divisible(_HEAD_CHANNELS * w)
+
+    def _build(self, arch: Architecture) -> nn.Module:
+        """Build the network of a validated ``arch`` (one code path for both)."""
+        cfg = self._config
+        stem_args, stem_ch, stage_args, final_args, head_ch = self._layout(arch)
+        stem = ConvBNAct(*stem_args, activation="hardswish")
+        first_block = _FirstBlock(stem_ch)
+        stages = nn.ModuleList(
+            nn.Sequential(*(InvertedResidual(*args) for args in blocks)) for blocks in stage_args
+        )
+        final_expand = ConvBNAct(*final_args, 1, activation="hardswish")
         net = _MobileNetV3(
             cfg["input_resolution"] if cfg["resize_input"] else None,
             cfg["interpolation"],
@@ -358,7 +396,7 @@ class MobileNetV3Family(SupernetFamily):
             first_block,
             stages,
             final_expand,
-            make_divisible(_HEAD_CHANNELS * w),
+            head_ch,
             cfg["num_classes"],
             cfg["dropout"],
         )

@@ -17,14 +17,20 @@ from flwr_pfedrlnas.supernets._choices import (
     scaled_choices,
     stage_choice_lists,
 )
-from flwr_pfedrlnas.supernets._layers import DIVISOR, ConvBNAct, InvertedResidual, make_divisible
+from flwr_pfedrlnas.supernets._layers import (
+    DIVISOR,
+    ConvBNAct,
+    InvertedResidual,
+    make_divisible,
+    pooled_head_shapes,
+)
 from flwr_pfedrlnas.supernets._nasvit_blocks import (
     NASViTNet,
     TransformerBlock,
     ViTStage,
     init_nasvit,
 )
-from flwr_pfedrlnas.supernets.base import SupernetFamily
+from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
 
 __all__ = [
     "NASVIT_CONV_STAGES",
@@ -115,6 +121,25 @@ _FINAL_EXPAND_RATIO = 6  # final 1x1 conv: 6 x last stage width
 _LOW_RES_THRESHOLD = 64  # at or below this (largest) resolution the stem has stride 1
 _DOWNSAMPLE_KERNEL = 3
 INTERPOLATION_MODES = ("bicubic", "bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The constructor arguments of every block of one architecture's network.
+
+    ``stem``: the stem ``ConvBNAct``'s positional arguments (SiLU); ``conv_blocks``:
+    per MBConv stage, each block's ``InvertedResidual`` keyword arguments;
+    ``vit_blocks``: per transformer stage, the downsampling MBConv's keyword
+    arguments and each ``TransformerBlock``'s positional arguments;
+    ``final_in``: the final expansion's input channels; ``head_width``: the
+    feature-mix width. Everything the shapes depend on.
+    """
+
+    stem: tuple[int, ...]
+    conv_blocks: list[list[dict[str, Any]]]
+    vit_blocks: list[tuple[dict[str, Any], list[tuple[Any, ...]]]]
+    final_in: int
+    head_width: int
 
 
 @register_supernet
@@ -390,15 +415,40 @@ class NASViTFamily(SupernetFamily):
         """Standalone network of ``arch`` (built from ``arch`` alone)."""
         return self._build(self.search_space.validate(arch))
 
-    def _build(self, arch: Architecture) -> nn.Module:
-        """Build the network of a validated ``arch`` (one code path for both)."""
+    def derive_subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
+        """``arch``'s subnet shapes from cached per-block shapes (no subnet built).
+
+        Exactly ``build_subnet(arch).state_dict()``'s keys, order and shapes: the
+        blocks of :meth:`_layout`, in the order :meth:`_build` registers them.
+        """
+        layout = self._layout(arch)
+        items = list(block_shapes("stem.", ConvBNAct, *layout.stem, activation="silu"))
+        for i, blocks in enumerate(layout.conv_blocks):
+            for b, kwargs in enumerate(blocks):
+                items.extend(InvertedResidual.shapes(f"conv_stages.{i}.{b}.", **kwargs))
+        for j, (down, blocks) in enumerate(layout.vit_blocks):
+            items.extend(InvertedResidual.shapes(f"vit_stages.{j}.downsample.", **down))
+            for b, args in enumerate(blocks):
+                items.extend(block_shapes(f"vit_stages.{j}.blocks.{b}.", TransformerBlock, *args))
+        in_ch = layout.final_in
+        items.extend(
+            pooled_head_shapes(
+                in_ch,
+                _FINAL_EXPAND_RATIO * in_ch,
+                "silu",
+                layout.head_width,
+                self._config["num_classes"],
+            )
+        )
+        return dict(items)
+
+    def _layout(self, arch: Architecture) -> _Layout:
+        """The blocks' constructor arguments of a validated ``arch`` (see :class:`_Layout`)."""
         cfg = self._config
         div = cfg["channel_divisor"]
         stem_ch = int(arch["stem.width"])
-        stem = ConvBNAct(cfg["in_channels"], stem_ch, 3, stride=self.stem_stride, activation="silu")
         in_ch = stem_ch
-
-        conv_stages = nn.ModuleList()
+        conv_blocks = []
         for i in range(cfg["num_conv_stages"]):
             spec = NASVIT_CONV_STAGES[i]
             width = int(arch[f"conv{i + 1}.width"])
@@ -411,55 +461,74 @@ class NASViTFamily(SupernetFamily):
             for b in range(int(arch[f"conv{i + 1}.depth"])):
                 # Blocks after the first keep stride 1 and the stage width: residual.
                 blocks.append(
-                    InvertedResidual(
-                        in_ch,
-                        width,
-                        make_divisible(in_ch * expand, div),
-                        kernel,
-                        spec.stride if b == 0 else 1,
-                        "silu",
-                        spec.use_se,
-                        residual=b > 0,
-                        has_expand=has_expand,
-                        divisor=div,
-                    )
+                    {
+                        "in_channels": in_ch,
+                        "out_channels": width,
+                        "hidden_channels": make_divisible(in_ch * expand, div),
+                        "kernel_size": kernel,
+                        "stride": spec.stride if b == 0 else 1,
+                        "activation": "silu",
+                        "use_se": spec.use_se,
+                        "residual": b > 0,
+                        "has_expand": has_expand,
+                        "divisor": div,
+                    }
                 )
                 in_ch = width
-            conv_stages.append(nn.Sequential(*blocks))
+            conv_blocks.append(blocks)
 
-        vit_stages = nn.ModuleList()
+        vit_blocks = []
         for j, side in enumerate(self.relative_table_sides()):
             spec = NASVIT_VIT_STAGES[j]
             width = int(arch[f"vit{j + 1}.width"])
             hidden = make_divisible(width * cfg["mlp_ratio"], div)
-            downsample = InvertedResidual(
-                in_ch,
+            downsample = {
+                "in_channels": in_ch,
+                "out_channels": width,
+                "hidden_channels": make_divisible(in_ch * arch[f"vit{j + 1}.expand"], div),
+                "kernel_size": _DOWNSAMPLE_KERNEL,
+                "stride": spec.stride,
+                "activation": "silu",
+                "use_se": spec.use_se,
+                "residual": False,
+                "divisor": div,
+            }
+            block = (
                 width,
-                make_divisible(in_ch * arch[f"vit{j + 1}.expand"], div),
-                _DOWNSAMPLE_KERNEL,
-                spec.stride,
+                cfg["head_dim"],
+                hidden,
+                cfg["value_expand"],
+                side,
+                cfg["layer_scale_init"],
                 "silu",
-                spec.use_se,
-                residual=False,
-                divisor=div,
             )
-            blocks = nn.Sequential(
-                *(
-                    TransformerBlock(
-                        width,
-                        cfg["head_dim"],
-                        hidden,
-                        cfg["value_expand"],
-                        side,
-                        cfg["layer_scale_init"],
-                        "silu",
-                    )
-                    for _ in range(int(arch[f"vit{j + 1}.depth"]))
-                )
-            )
-            vit_stages.append(ViTStage(downsample, blocks))
+            vit_blocks.append((downsample, [block] * int(arch[f"vit{j + 1}.depth"])))
             in_ch = width
+        return _Layout(
+            (cfg["in_channels"], stem_ch, 3, self.stem_stride),
+            conv_blocks,
+            vit_blocks,
+            in_ch,
+            int(arch["head.width"]),
+        )
 
+    def _build(self, arch: Architecture) -> nn.Module:
+        """Build the network of a validated ``arch`` (one code path for both)."""
+        cfg = self._config
+        layout = self._layout(arch)
+        stem = ConvBNAct(*layout.stem, activation="silu")
+        conv_stages = nn.ModuleList(
+            nn.Sequential(*(InvertedResidual(**kwargs) for kwargs in blocks))
+            for blocks in layout.conv_blocks
+        )
+        vit_stages = nn.ModuleList(
+            ViTStage(
+                InvertedResidual(**down),
+                nn.Sequential(*(TransformerBlock(*args) for args in blocks)),
+            )
+            for down, blocks in layout.vit_blocks
+        )
+        in_ch = layout.final_in
         final_expand = ConvBNAct(in_ch, _FINAL_EXPAND_RATIO * in_ch, 1, activation="silu")
         net = NASViTNet(
             int(arch["resolution"]),
@@ -468,7 +537,7 @@ class NASViTFamily(SupernetFamily):
             conv_stages,
             vit_stages,
             final_expand,
-            int(arch["head.width"]),
+            layout.head_width,
             cfg["num_classes"],
             cfg["dropout"],
         )
