@@ -83,6 +83,27 @@ def _check_run(strategy, initial, results_dir):
     return changed
 
 
+def _simulate(strategy, num_rounds):
+    """Run ``strategy`` in Flower's simulation; every proposal it made, in order."""
+    proposed = []
+    propose = strategy.search.propose
+
+    def recording_propose(cid):
+        proposal = propose(cid)
+        proposed.append(proposal)
+        return proposal
+
+    strategy.search.propose = recording_propose
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy.start(grid, num_rounds=num_rounds)
+
+    run_simulation(server_app, make_client_app(_loaders), NUM_CLIENTS, backend_config=BACKEND)
+    return proposed
+
+
 def test_every_builtin_family_is_covered():
     # Families registered by user code (the bring-your-own example) are tested elsewhere.
     assert set(CPU_FAMILIES) == set(available_supernets()) - {"elastic-mlp"}
@@ -100,22 +121,7 @@ def test_message_api_simulation(tmp_path, name):
         checkpoint_dir=str(tmp_path / "checkpoint"),
     )
     initial = {k: v.copy() for k, v in strategy.search.supernet.items()}
-    proposed = []
-    propose = strategy.search.propose
-
-    def recording_propose(cid):
-        proposal = propose(cid)
-        proposed.append(proposal.arch)
-        return proposal
-
-    strategy.search.propose = recording_propose
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy.start(grid, num_rounds=ROUNDS)
-
-    run_simulation(server_app, make_client_app(_loaders), NUM_CLIENTS, backend_config=BACKEND)
+    proposed = [p.arch for p in _simulate(strategy, ROUNDS)]
 
     changed = _check_run(strategy, initial, tmp_path)
     covered = _coverage(family, proposed)
@@ -169,22 +175,7 @@ def test_share_or_keep_simulation(tmp_path):
         checkpoint_dir=str(tmp_path / "checkpoint"),
     )
     initial = {k: v.copy() for k, v in strategy.search.supernet.items()}
-    proposed = []
-    propose = strategy.search.propose
-
-    def recording_propose(cid):
-        proposal = propose(cid)
-        proposed.append(proposal)
-        return proposal
-
-    strategy.search.propose = recording_propose
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy.start(grid, num_rounds=3)
-
-    run_simulation(server_app, make_client_app(_loaders), NUM_CLIENTS, backend_config=BACKEND)
+    proposed = _simulate(strategy, 3)
 
     rounds = pd.read_csv(tmp_path / "rounds.csv")
     # Every reply usable: a client that had lost its personal copy would have failed.
