@@ -96,11 +96,11 @@ class SearchDiagnostics:
         the blocks it keeps); else every client gets the subnet cut from ``supernet``.
         """
         archs = self.architectures(round_no)
-        shared = {
-            name: m.arrays_to_record(extract_subnet(self.family, supernet, arch))
-            for name, arch in archs
-            if subnet_for is None
-        }
+        if subnet_for is None:  # one record per architecture serves every client
+            shared = {
+                name: m.arrays_to_record(extract_subnet(self.family, supernet, arch))
+                for name, arch in archs
+            }
 
         def record(cid: str, name: str, arch: Architecture):
             if subnet_for is None:

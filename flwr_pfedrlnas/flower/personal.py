@@ -113,10 +113,12 @@ def assemble(
     used: set[str] = set()
     for block in blocks:
         keys = family.block_keys(block)  # type: ignore[attr-defined]
-        if not all(k in store for k in keys) and keys and all(k in init for k in keys):
+        held = keys <= store.keys()
+        if not held and keys <= init.keys():
             store.update({k: init[k].detach().clone() for k in keys})
+            held = True
         in_subnet = [k for k in keys if k in slices]
-        if all(k in store for k in keys):
+        if held:
             used.update(in_subnet)
         elif not all(k in received for k in in_subnet):
             raise ValueError(

@@ -370,7 +370,12 @@ class PerFedRLNAS(SearchFace, Strategy):
                 ),
                 arrayrecord_key=self.arrayrecord_key,
                 configrecord_key=self.configrecord_key,
-                subnet_for=lambda cid, arch: self.search.subnet_for(cid, arch)[1],
+                # Share-or-keep: each client's record leaves out the blocks it keeps.
+                subnet_for=(
+                    (lambda cid, arch: self.search.subnet_for(cid, arch)[1])
+                    if self.search.kept.active
+                    else None
+                ),
             )
         messages = []
         self._evaluated = list(clients)
