@@ -11,6 +11,7 @@ from flwr_pfedrlnas.experiments.report_tables import (
     convergence,
     markdown_table,
     summary_table,
+    trained_accuracy,
 )
 
 
@@ -51,4 +52,31 @@ def test_the_table_reports_the_rule():
     acc = {r: 0.845 for r in range(81, 91)} | {r: 0.85 for r in range(91, 101)}
     table = summary_table([MethodResult("m", "M", None, _rounds(acc, 100))])  # type: ignore[arg-type]
     assert bool(table.loc[0, "converged"]) is True
-    assert markdown_table(table)[-1].endswith("| 0.005 (yes) |")
+    # No train-accuracy-mean column: the after-training cell says so.
+    assert markdown_table(table)[-1].endswith("| 0.005 (yes) | — |")
+
+
+def test_a_fine_tuned_last_evaluation_is_left_out_of_the_rule():
+    # Evaluated every 5 of 100 rounds; round 100 fine-tunes 5 epochs first and jumps to
+    # 0.95. The rule compares round 95 (0.851) with rounds 85 and 90 (0.845, 0.849).
+    acc = {r: 0.80 for r in range(5, 81, 5)} | {85: 0.845, 90: 0.849, 95: 0.851, 100: 0.95}
+    rounds = _rounds(acc, 100)
+    rounds["finetune-epochs"] = [5 if r == 100 else 0 for r in rounds["round"]]
+    gain, converged = convergence(rounds)
+    assert math.isclose(gain, 0.851 - 0.847) and converged is True
+    # Without the column the jump counts: (0.851 + 0.95) / 2 - 0.847.
+    gain, converged = convergence(rounds.drop(columns="finetune-epochs"))
+    assert math.isclose(gain, 0.9005 - 0.847) and converged is False
+
+
+def test_accuracy_after_local_training_is_the_last_tenth_of_the_replies():
+    rounds = _rounds({100: 0.7}, 100)
+    rounds["train-accuracy-mean"] = [0.5 + r / 1000 for r in rounds["round"]]
+    rounds.loc[rounds["round"] == 95, "train-accuracy-mean"] = float("nan")  # no reply
+    # Rounds 91-100 without 95: mean of 0.591..0.600 less 0.595.
+    expected = (sum(0.5 + r / 1000 for r in range(91, 101)) - 0.595) / 9
+    assert math.isclose(trained_accuracy(rounds), expected)
+    table = summary_table([MethodResult("m", "M", None, rounds)])  # type: ignore[arg-type]
+    assert math.isclose(table.loc[0, "acc-trained-mean"], expected)
+    assert markdown_table(table)[-1].endswith(f"| {expected:.3f} |")
+    assert math.isnan(trained_accuracy(rounds.drop(columns="train-accuracy-mean")))

@@ -42,6 +42,12 @@ from flwr_pfedrlnas.experiments.report_plots import (
     plot_client_accuracy,
     plot_theorem1,
 )
+from flwr_pfedrlnas.experiments.report_seeds import (
+    plot_seed_curves,
+    seed_groups,
+    seed_markdown,
+    seed_table,
+)
 from flwr_pfedrlnas.experiments.report_tables import (
     TABLE_COLUMNS,
     MethodResult,
@@ -235,6 +241,16 @@ def write_report(
             *theorem_lines,
         ]
     lines += tier_lines(results)
+    if any(len(runs) > 1 for runs in seed_groups(results).values()):
+        seeds = seed_table(results)
+        written["seeds.csv"] = out / "seeds.csv"
+        seeds.to_csv(written["seeds.csv"], index=False)
+        plots["seeds.png"] = plot_seed_curves(
+            results, out / "seeds.png", f"{short}: mean over seeds"
+        )
+        if plots["seeds.png"] is not None:
+            written["seeds.png"] = plots["seeds.png"]
+        lines += ["", "## Over seeds (methods named `<row>-s<seed>`)", "", *seed_markdown(seeds)]
     shown = [name for name in plots if plots[name] is not None]
     if shown:
         lines += ["", "Plots: " + ", ".join(f"`{name}`" for name in shown) + "."]

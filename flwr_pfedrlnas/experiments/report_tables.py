@@ -24,6 +24,7 @@ __all__ = [
     "summarise_method",
     "summary_table",
     "tier_lines",
+    "trained_accuracy",
     "wall_seconds_from_log",
 ]
 
@@ -42,6 +43,7 @@ TABLE_COLUMNS = [
     "wall-seconds",
     "last-10%-gain",
     "converged",
+    "acc-trained-mean",
 ]
 # The stopping rule of the converged tables: the mean accuracy over the evaluated rounds
 # of the last 10 % of the run improves on that of the 10 % before by less than 1 point.
@@ -147,9 +149,13 @@ def convergence(
     and the one before ``(R(1 - 2w), R(1 - w)]``; each is the mean of
     ``accuracy-mean`` over its evaluated rounds. Converged: the gain is below
     ``tolerance``. ``(nan, None)`` when a window has no evaluated round (evaluate
-    more often, or run longer).
+    more often, or run longer). Evaluations after local fine-tuning
+    (``finetune-epochs`` > 0) are left out.
     """
     data = evaluated_rounds(rounds)
+    if "finetune-epochs" in data.columns:
+        # A fine-tuned evaluation is a method's last step, not a point of its training curve.
+        data = data[data["finetune-epochs"].fillna(0) <= 0]
     if not len(data):
         return float("nan"), None
     last = float(rounds["round"].max())
@@ -160,6 +166,20 @@ def convergence(
         return float("nan"), None
     gain = float(late.mean() - early.mean())
     return gain, bool(gain < tolerance)
+
+
+def trained_accuracy(rounds: pd.DataFrame, window: float = CONVERGENCE_WINDOW) -> float:
+    """The accuracy after local training, as the authors' code logs it.
+
+    The mean of ``train-accuracy-mean`` (each sampled client's test accuracy right
+    after its local training, averaged over the round's replies) over the rounds
+    of the last ``window`` of the run; NaN without that column.
+    """
+    if "train-accuracy-mean" not in rounds.columns or not len(rounds):
+        return float("nan")
+    late = rounds[rounds["round"] > float(rounds["round"].max()) * (1 - window)]
+    values = late["train-accuracy-mean"].dropna()
+    return float(values.mean()) if len(values) else float("nan")
 
 
 def summarise_method(
@@ -186,7 +206,7 @@ def summarise_method(
         rounds of the wall time of a round, ``wall-seconds`` of ``rounds.csv``:
         the simulation's own round time, without the run's start-up),
         ``wall-seconds`` (the whole run), ``last-10%-gain`` and ``converged``
-        (:func:`convergence`).
+        (:func:`convergence`), ``acc-trained-mean`` (:func:`trained_accuracy`).
     """
     nan = float("nan")
     out: dict[str, float | int | None] = {
@@ -202,6 +222,7 @@ def summarise_method(
         "wall-seconds": nan if wall_seconds is None else float(wall_seconds),
     }
     out["last-10%-gain"], out["converged"] = convergence(rounds)
+    out["acc-trained-mean"] = trained_accuracy(rounds)
     data = evaluated_rounds(rounds)
     if len(data):
         last = data.iloc[-1]
@@ -251,6 +272,7 @@ def markdown_table(table: pd.DataFrame) -> list[str]:
         "wall s / round (median)",
         "wall time (s)",
         "last 10 % gain (converged?)",
+        "after local training, last 10 % of rounds",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.to_dict("records"):
@@ -266,6 +288,7 @@ def markdown_table(table: pd.DataFrame) -> list[str]:
             format_cell(row["round-wall-seconds"], 1),
             format_cell(row["wall-seconds"], 0),
             _convergence_cell(row.get("last-10%-gain"), row.get("converged")),
+            format_cell(row.get("acc-trained-mean"), 3),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -1,0 +1,236 @@
+"""Rows run at several seeds (methods named ``<row>-s<seed>``), as mean ± std over seeds."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flwr_pfedrlnas.experiments.report_tables import (
+    MethodResult,
+    convergence,
+    evaluated_rounds,
+    format_cell,
+    trained_accuracy,
+)
+
+__all__ = [
+    "SEED_COLUMNS",
+    "plot_seed_curves",
+    "seed_groups",
+    "seed_markdown",
+    "seed_table",
+    "time_to_reach",
+]
+
+_SEED = re.compile(r"^(?P<row>.+)-s(?P<seed>\d+)$")
+_LABEL_SEED = re.compile(r"\s*\(seed \d+\)\s*$")
+
+SEED_COLUMNS = [
+    "row",
+    "label",
+    "seeds",
+    "deployed-mean",
+    "deployed-std-seeds",
+    "std-clients",
+    "trained-mean",
+    "trained-std-seeds",
+    "converged",
+    "latency-total-s",
+    "target",
+    "time-to-target-s",
+    "search-gain",
+]
+
+
+def seed_groups(results: Sequence[MethodResult]) -> dict[str, list[tuple[int, MethodResult]]]:
+    """``row -> [(seed, result), ...]`` for the methods named ``<row>-s<seed>``, in order."""
+    groups: dict[str, list[tuple[int, MethodResult]]] = {}
+    for result in results:
+        match = _SEED.match(result.name)
+        if match:
+            groups.setdefault(match["row"], []).append((int(match["seed"]), result))
+    return groups
+
+
+def _final(result: MethodResult) -> pd.Series | None:
+    data = evaluated_rounds(result.rounds)
+    return data.iloc[-1] if len(data) else None
+
+
+def time_to_reach(rounds: pd.DataFrame, target: float) -> float:
+    """Simulated time (``latency-total-s``) of the first evaluation with mean >= ``target``.
+
+    NaN when no evaluation reaches it.
+    """
+    data = evaluated_rounds(rounds)
+    if "latency-total-s" not in data.columns:
+        return float("nan")
+    hit = data[data["accuracy-mean"] >= target]
+    return float(hit["latency-total-s"].iloc[0]) if len(hit) else float("nan")
+
+
+def _rival(result: MethodResult) -> bool:
+    """A baseline (anything but a PerFedRLNAS search) sets the accuracy to reach."""
+    return str(result.run_config.get("method", "")) != "pfedrlnas"
+
+
+def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
+    """One row per seed group (:data:`SEED_COLUMNS`).
+
+    ``deployed-*``: the last evaluation's mean over clients (the deployed model, or
+    after fine-tuning for the methods that fine-tune), mean and population std over
+    seeds; ``std-clients``: that evaluation's std across clients, mean over seeds;
+    ``trained-*``: :func:`trained_accuracy`; ``converged``: seeds meeting the stopping
+    rule, as ``k/n`` (and how many are undetermined); ``target``: the best deployed
+    mean of the baselines (rows whose run-config method is not ``pfedrlnas``), and
+    ``time-to-target-s`` the mean over seeds of :func:`time_to_reach` (NaN if a seed
+    never reaches it).
+    """
+    groups = seed_groups(results)
+    finals: dict[str, list[pd.Series]] = {}
+    for row, runs in groups.items():
+        finals[row] = [f for f in (_final(r) for _, r in runs) if f is not None]
+    rival_means = [
+        float(np.mean([f["accuracy-mean"] for f in finals[row]]))
+        for row, runs in groups.items()
+        if finals[row] and _rival(runs[0][1])
+    ]
+    target = max(rival_means) if rival_means else float("nan")
+    rows = []
+    for row, runs in groups.items():
+        deployed = np.array([f["accuracy-mean"] for f in finals[row]], dtype=float)
+        spread = np.array([f.get("accuracy-std", math.nan) for f in finals[row]], dtype=float)
+        trained = np.array([trained_accuracy(r.rounds) for _, r in runs], dtype=float)
+        rules = [convergence(r.rounds)[1] for _, r in runs]
+        reach = [time_to_reach(r.rounds, target) for _, r in runs] if math.isfinite(target) else []
+        gains = [float(f["search-gain"]) for f in finals[row] if not pd.isna(f.get("search-gain"))]
+        first = runs[0][1]
+        rows.append(
+            {
+                "row": row,
+                "label": _LABEL_SEED.sub("", first.label),
+                "seeds": " ".join(str(s) for s, _ in runs),
+                "deployed-mean": _mean(deployed),
+                "deployed-std-seeds": _std(deployed),
+                "std-clients": _mean(spread),
+                "trained-mean": _mean(trained),
+                "trained-std-seeds": _std(trained),
+                "converged": _rule_cell(rules),
+                "latency-total-s": _mean(
+                    np.array([r.rounds["latency-total-s"].iloc[-1] for _, r in runs], dtype=float)
+                ),
+                "target": target,
+                "time-to-target-s": float(np.mean(reach)) if reach else float("nan"),
+                "search-gain": float(np.mean(gains)) if gains else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows, columns=SEED_COLUMNS)
+
+
+def _rule_cell(rules: Sequence[bool | None]) -> str:
+    """``k/n`` seeds converged, and how many a too-sparse evaluation leaves undetermined."""
+    cell = f"{sum(r is True for r in rules)}/{len(rules)}"
+    undetermined = sum(r is None for r in rules)
+    return cell + (f" ({undetermined} undetermined)" if undetermined else "")
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def _std(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(values.std()) if len(values) > 1 else float("nan")
+
+
+def seed_markdown(table: pd.DataFrame) -> list[str]:
+    """The markdown lines of :func:`seed_table`'s frame, with a line that defines it."""
+    header = [
+        "row",
+        "seeds",
+        "deployed accuracy (mean ± std over seeds)",
+        "std across clients",
+        "after local training (mean ± std over seeds)",
+        "converged (seeds)",
+        "simulated time (s)",
+        "simulated time to the best baseline's accuracy (s)",
+        "search gain",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.to_dict("records"):
+        reach = row["time-to-target-s"]
+        cells = [
+            str(row["label"]),
+            str(row["seeds"]),
+            _pm(row["deployed-mean"], row["deployed-std-seeds"]),
+            format_cell(row["std-clients"], 3),
+            _pm(row["trained-mean"], row["trained-std-seeds"]),
+            str(row["converged"]),
+            format_cell(row["latency-total-s"], 0),
+            "not reached" if not math.isfinite(reach) else format_cell(reach, 0),
+            format_cell(row["search-gain"], 3),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    target = table["target"].iloc[0] if len(table) else float("nan")
+    lines += [
+        "",
+        "Deployed accuracy: the last evaluation's unweighted mean over all clients (for the "
+        "rows that fine-tune, after their fine-tuning), mean ± population std over seeds; "
+        "std across clients: that evaluation's std, mean over seeds. After local training: "
+        "each sampled client's test accuracy right after its local training (what the "
+        "authors' code logs), mean over the last 10 % of rounds. Converged: seeds whose "
+        "evaluations of the last 10 % of rounds improve on the 10 % before by less than one "
+        "point (fine-tuned evaluations left out). Best baseline's accuracy: "
+        f"{format_cell(target, 3)} (the highest deployed mean of a row that is not a "
+        "PerFedRLNAS search); the time is the first evaluation at or above it, mean over "
+        'seeds, "not reached" if a seed never gets there.',
+    ]
+    return lines
+
+
+def _pm(mean: float, std: float) -> str:
+    if not math.isfinite(std):
+        return format_cell(mean, 3)
+    return f"{format_cell(mean, 3)} ± {format_cell(std, 3)}"
+
+
+def plot_seed_curves(
+    results: Sequence[MethodResult], path: str | os.PathLike, title: str
+) -> Path | None:
+    """Mean over seeds of each row's accuracy against round and against simulated time."""
+    groups = seed_groups(results)
+    if not groups:
+        return None
+    from flwr_pfedrlnas.experiments.report_plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, (by_round, by_time) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for runs in groups.values():
+        curves = [
+            evaluated_rounds(r.rounds)[["round", "accuracy-mean", "latency-total-s"]]
+            for _, r in runs
+        ]
+        curves = [c for c in curves if len(c)]
+        if not curves:
+            continue
+        joined = pd.concat(curves).groupby("round").mean().reset_index()
+        label = f"{_LABEL_SEED.sub('', runs[0][1].label)} ({len(curves)} seeds)"
+        (line,) = by_round.plot(joined["round"], joined["accuracy-mean"], marker=".", label=label)
+        by_time.plot(
+            joined["latency-total-s"], joined["accuracy-mean"], marker=".", color=line.get_color()
+        )
+    by_round.set_xlabel("round")
+    by_time.set_xlabel("simulated time (s)")
+    for ax in (by_round, by_time):
+        ax.set_ylabel("mean accuracy over clients (mean over seeds)")
+        ax.grid(alpha=0.3)
+    by_round.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    return _save(fig, path)
