@@ -25,6 +25,7 @@ from flwr_pfedrlnas.flower.memory import is_out_of_memory, memory_budget_of, ove
 from flwr_pfedrlnas.flower.personal import KeptOnClient
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.training import (
+    TrainResult,
     evaluate,
     recalibrate_as_configured,
     resolve_device,
@@ -91,6 +92,29 @@ def build_subnet_from_config(
     return family, arch, family.build_subnet(arch)
 
 
+def _local_train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    keys: tuple[str | None, str | None],
+    **options: Any,
+) -> TrainResult:
+    """:func:`~flwr_pfedrlnas.training.train` on dict or tuple batches, memory not measured."""
+    return train(
+        model,
+        train_loader,
+        epochs=epochs,
+        lr=lr,
+        device=device,
+        measure_memory=False,
+        image_key=keys[0],
+        label_key=keys[1],
+        **options,
+    )
+
+
 def _fit(
     model: nn.Module,
     config: ConfigRecord | Mapping[str, Any],
@@ -124,16 +148,8 @@ def _fit(
             peak = float(training_peak_memory(model, images, labels, optimizer_slots=1))
         if memory_budget is not None and peak > memory_budget:
             return overrun_metrics(peak, memory_budget, time.perf_counter() - start)
-        result = train(
-            model,
-            train_loader,
-            epochs=epochs,
-            lr=lr,
-            device=device,
-            measure_memory=False,
-            image_key=keys[0],
-            label_key=keys[1],
-            **training_options(config),
+        result = _local_train(
+            model, train_loader, epochs, lr, device, keys, **training_options(config)
         )
         _, accuracy, _ = evaluate(model, test_loader, device, *keys)
         val_accuracy = None
@@ -259,17 +275,7 @@ def _test(
                 f"{m.FINETUNE_EPOCHS}={finetune} needs this client's training data, "
                 "but the evaluate handler was given no train_loader"
             )
-        lr = float(config.get(m.LR, 0.05))
-        train(
-            model,
-            train_loader,
-            epochs=finetune,
-            lr=lr,
-            device=device,
-            measure_memory=False,
-            image_key=keys[0],
-            label_key=keys[1],
-        )
+        _local_train(model, train_loader, finetune, float(config.get(m.LR, 0.05)), device, keys)
     batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
     recalibrated = batches != 0 and train_loader is not None
     if recalibrated:
@@ -390,6 +396,14 @@ def register_handlers(
         train_loader, test_loader, *rest = load_data(context, int(batch_size))
         return train_loader, test_loader, rest[0] if rest else None
 
+    def _options(context: Context) -> dict[str, Any]:
+        """Both handlers' settings besides the data: run-config defaults, batch keys."""
+        return {
+            "defaults": _run_config_defaults(context),
+            "image_key": image_key,
+            "label_key": label_key,
+        }
+
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
         train_loader, test_loader, val_loader = _loaders(msg, context)
@@ -399,24 +413,15 @@ def register_handlers(
             train_loader,
             test_loader,
             device,
-            defaults=_run_config_defaults(context),
-            image_key=image_key,
-            label_key=label_key,
             val_loader=val_loader,
+            **_options(context),
         )
 
     @app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
         train_loader, test_loader, _ = _loaders(msg, context)
         return evaluate_subnet(
-            msg,
-            context,
-            test_loader,
-            device,
-            train_loader=train_loader,
-            defaults=_run_config_defaults(context),
-            image_key=image_key,
-            label_key=label_key,
+            msg, context, test_loader, device, train_loader=train_loader, **_options(context)
         )
 
     @app.query()

@@ -7,7 +7,7 @@ from typing import Any
 
 from flwr_pfedrlnas.supernets._layers import make_divisible
 
-__all__ = ["choice_list", "is_int", "scaled_choices", "stage_choice_lists"]
+__all__ = ["choice_list", "is_int", "positive_int", "scaled_choices", "stage_choice_lists"]
 
 
 def is_int(value: Any) -> bool:
@@ -19,11 +19,21 @@ def is_int(value: Any) -> bool:
     )
 
 
-def choice_list(name: str, values: Any, kind: type, minimum: float) -> list[Any]:
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an int, or ``ValueError`` naming ``name`` unless a positive integer."""
+    if not is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def choice_list(
+    name: str, values: Any, kind: type, minimum: float, all_float: bool = False
+) -> list[Any]:
     """Validate a choice list: numbers (integers for ``int``), >= ``minimum``, increasing.
 
     For ``kind=float`` integral values are returned as ``int`` (``[1, 2]`` stays
-    ``[1, 2]``, ``1.5`` stays a float), so that JSON round trips are stable.
+    ``[1, 2]``, ``1.5`` stays a float), so that JSON round trips are stable;
+    ``all_float=True`` returns every value as a float instead.
     """
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ValueError(f"{name} must be a list, got {values!r}")
@@ -35,7 +45,7 @@ def choice_list(name: str, values: Any, kind: type, minimum: float) -> list[Any]
             raise ValueError(f"{name}: choice {v!r} is not a number")
         if kind is int and not is_int(v):
             raise ValueError(f"{name}: choice {v!r} is not an integer")
-        v = int(v) if is_int(v) else float(v)
+        v = int(v) if is_int(v) and not all_float else float(v)
         if v < minimum:
             raise ValueError(f"{name}: choice {v!r} is below {minimum}")
         out.append(v)

@@ -19,6 +19,7 @@ from torch import nn
 from flwr_pfedrlnas.core.search_space import Architecture, SearchSpace, architecture_to_json
 
 __all__ = [
+    "LayoutFamily",
     "ShapeItems",
     "SupernetFamily",
     "Slices",
@@ -375,6 +376,22 @@ class SupernetFamily(ABC):
             torch.manual_seed(seed)
             module = self.build_supernet()
         return state_to_numpy(module.state_dict())
+
+
+class LayoutFamily(SupernetFamily):
+    """A family whose supernet and subnets come from one ``_build(arch)`` code path."""
+
+    @abstractmethod
+    def _build(self, arch: Architecture) -> nn.Module:
+        """Build the network of a validated ``arch``."""
+
+    def build_supernet(self) -> nn.Module:
+        """The network of the largest architecture (holds every shared weight)."""
+        return self._build(self.search_space.largest())
+
+    def build_subnet(self, arch: Architecture) -> nn.Module:
+        """Standalone network of ``arch`` (built from ``arch`` alone)."""
+        return self._build(self.search_space.validate(arch))
 
 
 def state_to_numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

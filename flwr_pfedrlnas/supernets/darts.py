@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
 from flwr_pfedrlnas.supernets import register_supernet
+from flwr_pfedrlnas.supernets._choices import positive_int
 from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
 
 __all__ = ["DARTS_OPERATIONS", "DARTSFamily"]
@@ -41,24 +42,30 @@ def _edge_inputs(steps: int) -> list[int]:
     return [i for j in range(steps) for i in range(2 + j)]
 
 
-class _ReLUConvBN(nn.Module):
-    """ReLU, convolution (no bias), BatchNorm (DARTS's ``ReLUConvBN``; keys ``op.*``)."""
+class _ReLUOp(nn.Module):
+    """A ReLU, then ``layers``: one ``nn.Sequential`` (keys ``op.*``), as DARTS's ops."""
 
-    def __init__(
-        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool
-    ) -> None:
+    def __init__(self, *layers: nn.Module) -> None:
         super().__init__()
-        self.op = nn.Sequential(
-            nn.ReLU(),
-            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(c_out, affine=affine),
-        )
+        self.op = nn.Sequential(nn.ReLU(), *layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
 
-class _DilConv(nn.Module):
+class _ReLUConvBN(_ReLUOp):
+    """ReLU, convolution (no bias), BatchNorm (DARTS's ``ReLUConvBN``; keys ``op.*``)."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool
+    ) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+
+class _DilConv(_ReLUOp):
     """ReLU, dilated depthwise conv, pointwise conv, BatchNorm (DARTS's ``DilConv``)."""
 
     def __init__(
@@ -71,9 +78,7 @@ class _DilConv(nn.Module):
         dilation: int,
         affine: bool,
     ) -> None:
-        super().__init__()
-        self.op = nn.Sequential(
-            nn.ReLU(),
+        super().__init__(
             nn.Conv2d(
                 c_in,
                 c_in,
@@ -88,19 +93,14 @@ class _DilConv(nn.Module):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
-
-class _SepConv(nn.Module):
+class _SepConv(_ReLUOp):
     """Two stacked (ReLU, depthwise, pointwise, BatchNorm), the first strided (DARTS)."""
 
     def __init__(
         self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool
     ) -> None:
-        super().__init__()
-        self.op = nn.Sequential(
-            nn.ReLU(),
+        super().__init__(
             nn.Conv2d(c_in, c_in, kernel, stride=stride, padding=padding, groups=c_in, bias=False),
             nn.Conv2d(c_in, c_in, 1, bias=False),
             nn.BatchNorm2d(c_in, affine=affine),
@@ -109,9 +109,6 @@ class _SepConv(nn.Module):
             nn.Conv2d(c_in, c_out, 1, bias=False),
             nn.BatchNorm2d(c_out, affine=affine),
         )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
 
 
 class _FactorizedReduce(nn.Module):
@@ -332,15 +329,6 @@ class _DARTSNetwork(nn.Module):
         return self.classifier(self.pool(s1).flatten(1))
 
 
-def _positive_int(knob: str, value: Any) -> int:
-    """``value`` as an int, or ``ValueError`` naming ``knob``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{knob} must be a positive integer, got {value!r}")
-    if int(value) != value or value < 1:
-        raise ValueError(f"{knob} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _operation_list(values: Sequence[str]) -> list[str]:
     """Validate the ``operations`` knob: distinct DARTS operation names."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
@@ -447,7 +435,7 @@ class DARTSFamily(SupernetFamily):
         affine: bool = False,
     ) -> None:
         knobs = {
-            knob: _positive_int(knob, value)
+            knob: positive_int(knob, value)
             for knob, value in (
                 ("init_channels", init_channels),
                 ("num_cells", num_cells),
@@ -646,12 +634,7 @@ class DARTSFamily(SupernetFamily):
         the supernet (which holds every operation). Ties go to the later
         operation in ``operations``.
         """
-        sizes = self.operation_sizes()
-        arch = {}
-        for dim in self.search_space:
-            ranked = [(sizes[dim.name][str(c)], i) for i, c in enumerate(dim.choices)]
-            arch[dim.name] = dim.choices[max(ranked)[1]]
-        return arch
+        return self._ranked_architecture(max)
 
     def smallest_architecture(self) -> Architecture:
         """Per edge, the operation with the fewest weights ('none' by default).
@@ -660,9 +643,15 @@ class DARTSFamily(SupernetFamily):
         'none' everywhere it is the stem and the classifier, every cell output
         being zero. Ties go to the earlier operation in ``operations``.
         """
+        return self._ranked_architecture(min)
+
+    def _ranked_architecture(
+        self, pick: Callable[[list[tuple[Any, int]]], tuple[Any, int]]
+    ) -> Architecture:
+        """Per edge, the choice ``pick`` (``max`` or ``min``) takes by (weights, position)."""
         sizes = self.operation_sizes()
         arch = {}
         for dim in self.search_space:
             ranked = [(sizes[dim.name][str(c)], i) for i, c in enumerate(dim.choices)]
-            arch[dim.name] = dim.choices[min(ranked)[1]]
+            arch[dim.name] = dim.choices[pick(ranked)[1]]
         return arch

@@ -8,7 +8,7 @@ from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
 from flwr_pfedrlnas.supernets import register_supernet
-from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
+from flwr_pfedrlnas.supernets.base import LayoutFamily, block_shapes
 
 __all__ = ["ElasticCNNFamily"]
 
@@ -44,7 +44,7 @@ class _Net(nn.Module):
 
 
 @register_supernet
-class ElasticCNNFamily(SupernetFamily):
+class ElasticCNNFamily(LayoutFamily):
     """Stages of conv-BN-ReLU blocks; per stage: kernel, width and depth.
 
     Written only against the public contract: a search space and two builders
@@ -143,9 +143,3 @@ class ElasticCNNFamily(SupernetFamily):
             "classifier": ("classifier.",),
             "last-stage": (f"stages.{self._config['num_stages'] - 1}.",),
         }
-
-    def build_supernet(self) -> nn.Module:
-        return self._build(self.largest_architecture())
-
-    def build_subnet(self, arch: Architecture) -> nn.Module:
-        return self._build(self.search_space.validate(arch))

@@ -12,6 +12,7 @@ from torch import nn
 
 from flwr_pfedrlnas.core.search_space import Architecture, Dimension, SearchSpace
 from flwr_pfedrlnas.supernets import register_supernet
+from flwr_pfedrlnas.supernets._choices import choice_list, positive_int
 from flwr_pfedrlnas.supernets._layers import (
     ConvBNAct,
     InvertedResidual,
@@ -20,7 +21,7 @@ from flwr_pfedrlnas.supernets._layers import (
     make_divisible,
     pooled_head_shapes,
 )
-from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
+from flwr_pfedrlnas.supernets.base import LayoutFamily, block_shapes
 
 __all__ = ["MOBILENETV3_STAGES", "MobileNetV3Family", "StageSpec"]
 
@@ -116,34 +117,8 @@ class _MobileNetV3(PooledHeadNet):
         return self.forward_head(x)
 
 
-def _sorted_choices(name: str, values: Sequence[Any], kind: type, minimum: float) -> list[Any]:
-    """Validate a choice list: numbers of ``kind``, >= ``minimum``, increasing."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise ValueError(f"{name} must be a list, got {values!r}")
-    if len(values) == 0:
-        raise ValueError(f"{name} must not be empty")
-    out: list[Any] = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"{name}: choice {v!r} is not a number")
-        if kind is int:
-            if float(v) != int(v):
-                raise ValueError(f"{name}: choice {v!r} is not an integer")
-            v = int(v)
-        elif kind is float:
-            v = float(v)
-        elif float(v) == int(v):  # int or float: integral values as int
-            v = int(v)
-        if v < minimum:
-            raise ValueError(f"{name}: choice {v!r} is below {minimum}")
-        out.append(v)
-    if any(b <= a for a, b in zip(out, out[1:])):
-        raise ValueError(f"{name} must be strictly increasing, got {out}")
-    return out
-
-
 @register_supernet
-class MobileNetV3Family(SupernetFamily):
+class MobileNetV3Family(LayoutFamily):
     """Once-for-all style MobileNetV3 supernet (MobileNetV3-Large backbone).
 
     The network is a stem (3x3 conv, 16 channels, hardswish), MobileNetV3's fixed
@@ -230,8 +205,7 @@ class MobileNetV3Family(SupernetFamily):
             ("num_classes", num_classes),
             ("in_channels", in_channels),
         ):
-            if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(f"{knob} must be a positive integer, got {value!r}")
+            positive_int(knob, value)
         if num_stages > len(MOBILENETV3_STAGES):
             raise ValueError(
                 f"num_stages must be between 1 and {len(MOBILENETV3_STAGES)}, got {num_stages}"
@@ -248,14 +222,14 @@ class MobileNetV3Family(SupernetFamily):
             raise ValueError(
                 f"interpolation must be one of {list(INTERPOLATION_MODES)}, got {interpolation!r}"
             )
-        kernels = _sorted_choices("kernel_choices", kernel_choices, int, 1)
+        kernels = choice_list("kernel_choices", kernel_choices, int, 1)
         if any(k % 2 == 0 for k in kernels):
             raise ValueError(f"kernel_choices must be odd, got {kernels}")
-        expands = _sorted_choices("expand_choices", expand_choices, object, 0)
+        expands = choice_list("expand_choices", expand_choices, float, 0)
         if expands[0] <= 0:
             raise ValueError(f"expand_choices must be positive, got {expands}")
-        depths = _sorted_choices("depth_choices", depth_choices, int, 1)
-        widths = _sorted_choices("width_choices", width_choices, float, 0)
+        depths = choice_list("depth_choices", depth_choices, int, 1)
+        widths = choice_list("width_choices", width_choices, float, 0, all_float=True)
         if widths[0] <= 0 or widths[-1] > 1.0:
             raise ValueError(f"width_choices must be in (0, 1], got {widths}")
         super().__init__(
@@ -307,14 +281,6 @@ class MobileNetV3Family(SupernetFamily):
             "head": ("final_expand.", "feature_mix."),
             "last-stage": (f"stages.{self._config['num_stages'] - 1}.",),
         }
-
-    def build_supernet(self) -> nn.Module:
-        """The network of the largest architecture (holds every shared weight)."""
-        return self._build(self.search_space.largest())
-
-    def build_subnet(self, arch: Architecture) -> nn.Module:
-        """Standalone network of ``arch`` (built from ``arch`` alone)."""
-        return self._build(self.search_space.validate(arch))
 
     def derive_subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
         """``arch``'s subnet shapes from cached per-block shapes (no subnet built).

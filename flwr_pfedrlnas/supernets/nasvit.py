@@ -14,6 +14,7 @@ from flwr_pfedrlnas.supernets import register_supernet
 from flwr_pfedrlnas.supernets._choices import (
     choice_list,
     is_int,
+    positive_int,
     scaled_choices,
     stage_choice_lists,
 )
@@ -30,7 +31,7 @@ from flwr_pfedrlnas.supernets._nasvit_blocks import (
     ViTStage,
     init_nasvit,
 )
-from flwr_pfedrlnas.supernets.base import SupernetFamily, block_shapes
+from flwr_pfedrlnas.supernets.base import LayoutFamily, block_shapes
 
 __all__ = [
     "NASVIT_CONV_STAGES",
@@ -143,7 +144,7 @@ class _Layout:
 
 
 @register_supernet
-class NASViTFamily(SupernetFamily):
+class NASViTFamily(LayoutFamily):
     """NASViT supernet: a conv stem, MBConv stages, transformer stages, a head.
 
     The network follows NASViT's supernet (its config and dynamic model): a
@@ -277,8 +278,7 @@ class NASViTFamily(SupernetFamily):
             ("channel_divisor", channel_divisor),
             ("value_expand", value_expand),
         ):
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{knob} must be a positive integer, got {value!r}")
+            positive_int(knob, value)
         n_conv, n_vit = int(num_conv_stages), int(num_vit_stages)
         if n_conv > len(NASVIT_CONV_STAGES):
             raise ValueError(
@@ -406,14 +406,6 @@ class NASViTFamily(SupernetFamily):
             "head": ("final_expand.", "feature_mix."),
             "last-stage": (last,),
         }
-
-    def build_supernet(self) -> nn.Module:
-        """The network of the largest architecture (holds every shared weight)."""
-        return self._build(self.search_space.largest())
-
-    def build_subnet(self, arch: Architecture) -> nn.Module:
-        """Standalone network of ``arch`` (built from ``arch`` alone)."""
-        return self._build(self.search_space.validate(arch))
 
     def derive_subnet_shapes(self, arch: Architecture) -> dict[str, tuple[int, ...]]:
         """``arch``'s subnet shapes from cached per-block shapes (no subnet built).

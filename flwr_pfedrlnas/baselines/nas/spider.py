@@ -17,6 +17,7 @@ from flwr.app import ConfigRecord, RecordDict
 from flwr_pfedrlnas.baselines.nas import spider_client, spider_search
 from flwr_pfedrlnas.baselines.nas.base import FederatedNASBaseline, weighted_mean
 from flwr_pfedrlnas.baselines.nas.darts_mixed import alpha_shapes
+from flwr_pfedrlnas.baselines.nas.fedoras_tiers import check_min_ints
 
 # The client steps and the local search are re-exported from here, so that their
 # names keep their old import path.
@@ -79,13 +80,11 @@ class SPIDER(FederatedNASBaseline):
         alpha_shapes(family)  # ValueError unless the darts family
         if not float(proximal_lambda) >= 0:
             raise ValueError(f"proximal_lambda must be >= 0, got {proximal_lambda!r}")
-        for name, value, low in (
+        check_min_ints(
             ("edges_per_step", edges_per_step, 1),
             ("val_batches", val_batches, 1),
             ("warmup", warmup, 0),
-        ):
-            if isinstance(value, bool) or int(value) != value or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        )
         super().__init__(family, **kwargs)
         self.proximal_lambda = float(proximal_lambda)
         self.edges_per_step = int(edges_per_step)
