@@ -16,6 +16,7 @@ from flwr_pfedrlnas.experiments.report_tables import (
     convergence,
     evaluated_rounds,
     format_cell,
+    markdown_grid,
     trained_accuracy,
 )
 
@@ -152,40 +153,21 @@ def _std(values: np.ndarray) -> float:
 
 def seed_markdown(table: pd.DataFrame) -> list[str]:
     """The markdown lines of :func:`seed_table`'s frame, with a line that defines it."""
-    header = [
-        "row",
-        "seeds",
-        "deployed accuracy (mean ± std over seeds)",
-        "std across clients",
-        "after local training (mean ± std over seeds)",
-        "converged (seeds)",
-        "simulated time (s)",
-        "simulated time to the best baseline's accuracy (s)",
-        "search gain",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table.to_dict("records"):
-        reach = row["time-to-target-s"]
-        cells = [
-            str(row["label"]),
-            str(row["seeds"]),
-            _pm(row["deployed-mean"], row["deployed-std-seeds"]),
-            format_cell(row["std-clients"], 3),
-            _pm(row["trained-mean"], row["trained-std-seeds"]),
-            str(row["converged"]),
-            format_cell(row["latency-total-s"], 0),
-            "not reached" if not math.isfinite(reach) else format_cell(reach, 0),
-            format_cell(row["search-gain"], 3),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+    header = (
+        "row | seeds | deployed accuracy (mean ± std over seeds) | std across clients | after "
+        "local training (mean ± std over seeds) | converged (seeds) | simulated time (s) | "
+        "simulated time to the best baseline's accuracy (s) | search gain"
+    ).split(" | ")
+    lines = markdown_grid(header, (_seed_cells(row) for row in table.to_dict("records")))
     target = table["target"].iloc[0] if len(table) else float("nan")
     lines += [
         "",
         "Deployed accuracy: the last evaluation's unweighted mean over all clients (for the "
         "rows that fine-tune, after their fine-tuning), mean ± population std over seeds; "
         "std across clients: that evaluation's std, mean over seeds. After local training: "
-        "each sampled client's test accuracy right after its local training (what the "
-        "authors' code logs), mean over the last 10 % of rounds. Converged: seeds whose "
+        "each sampled client's test accuracy right after its local training, with the "
+        "BatchNorm statistics training left (what the authors' code logs), mean over the "
+        "last 10 % of rounds. Converged: seeds whose "
         "evaluations of the last 10 % of rounds improve on the 10 % before by less than one "
         "point (fine-tuned evaluations left out). Best baseline's accuracy: "
         f"{format_cell(target, 3)} (the highest deployed mean of a row that is not a "
@@ -193,6 +175,21 @@ def seed_markdown(table: pd.DataFrame) -> list[str]:
         'seeds, "not reached" if a seed never gets there.',
     ]
     return lines
+
+
+def _seed_cells(row: dict) -> list[str]:
+    reach = row["time-to-target-s"]
+    return [
+        str(row["label"]),
+        str(row["seeds"]),
+        _pm(row["deployed-mean"], row["deployed-std-seeds"]),
+        format_cell(row["std-clients"], 3),
+        _pm(row["trained-mean"], row["trained-std-seeds"]),
+        str(row["converged"]),
+        format_cell(row["latency-total-s"], 0),
+        "not reached" if not math.isfinite(reach) else format_cell(reach, 0),
+        format_cell(row["search-gain"], 3),
+    ]
 
 
 def _pm(mean: float, std: float) -> str:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ __all__ = [
     "evaluated_rounds",
     "format_cell",
     "load_method",
+    "markdown_grid",
     "markdown_table",
     "summarise_method",
     "summary_table",
@@ -259,6 +260,12 @@ def format_cell(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def markdown_grid(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table's lines: the header, its rule, one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
 def markdown_table(table: pd.DataFrame) -> list[str]:
     """The lines of the markdown table of :func:`summary_table`'s frame."""
     header = [
@@ -274,24 +281,24 @@ def markdown_table(table: pd.DataFrame) -> list[str]:
         "last 10 % gain (converged?)",
         "after local training, last 10 % of rounds",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table.to_dict("records"):
-        best = row["best-round"]
-        cells = [
-            str(row["label"]),
-            str(row["rounds"]),
-            f"{format_cell(row['acc-last-mean'], 3)} ± {format_cell(row['acc-last-std'], 3)}",
-            "—" if best is None or pd.isna(best) else str(int(best)),
-            f"{format_cell(row['acc-best-mean'], 3)} ± {format_cell(row['acc-best-std'], 3)}",
-            format_cell(row["latency-total-s"], 1),
-            format_cell(row["bytes-per-round"] / 1e6, 2),
-            format_cell(row["round-wall-seconds"], 1),
-            format_cell(row["wall-seconds"], 0),
-            _convergence_cell(row.get("last-10%-gain"), row.get("converged")),
-            format_cell(row.get("acc-trained-mean"), 3),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return markdown_grid(header, (_summary_cells(row) for row in table.to_dict("records")))
+
+
+def _summary_cells(row: dict[str, Any]) -> list[str]:
+    best = row["best-round"]
+    return [
+        str(row["label"]),
+        str(row["rounds"]),
+        f"{format_cell(row['acc-last-mean'], 3)} ± {format_cell(row['acc-last-std'], 3)}",
+        "—" if best is None or pd.isna(best) else str(int(best)),
+        f"{format_cell(row['acc-best-mean'], 3)} ± {format_cell(row['acc-best-std'], 3)}",
+        format_cell(row["latency-total-s"], 1),
+        format_cell(row["bytes-per-round"] / 1e6, 2),
+        format_cell(row["round-wall-seconds"], 1),
+        format_cell(row["wall-seconds"], 0),
+        _convergence_cell(row.get("last-10%-gain"), row.get("converged")),
+        format_cell(row.get("acc-trained-mean"), 3),
+    ]
 
 
 def _convergence_cell(gain: Any, converged: Any) -> str:
