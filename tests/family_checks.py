@@ -38,12 +38,12 @@ CPU_CONFIGS: dict[str, dict[str, dict]] = {
         "c3v1-grey": dict(
             width_mult=0.25,
             channel_divisor=4,
+            head_width_choices=[256, 320],
             num_conv_stages=3,
             num_vit_stages=1,
+            vit_depth_choices=[[1, 2]],
             resolution_choices=[24, 32],
             in_channels=1,
-            head_width_choices=[256, 320],
-            vit_depth_choices=[[1, 2]],
         ),
     },
     # 3 cells (normal, reduce, reduce) on RGB and greyscale.
@@ -170,3 +170,25 @@ def meta_parameter_counts(family: SupernetFamily, *archs: dict) -> list[int]:
         subnets = [family.build_subnet(arch) for arch in archs]
     assert all(p.is_meta for p in supernet.parameters())
     return [num_params(supernet), *(num_params(net) for net in subnets)]
+
+
+def paper_size_shapes(
+    name: str, supernet_params: tuple[int, int], smallest_params: int
+) -> tuple[SupernetFamily, dict[str, tuple[int, ...]]]:
+    """The family ``name`` at its defaults (paper size), checked on the meta device.
+
+    Asserts that the supernet has between ``supernet_params[0]`` and
+    ``supernet_params[1]`` parameters, that its smallest subnet has more than
+    ``smallest_params`` and fewer than the supernet, and that the smallest
+    subnet's slices name supernet tensors only. Returns the family and its
+    supernet's tensor shapes, for the family's own checks.
+    """
+    family = get_supernet(name)
+    n_super, n_small = meta_parameter_counts(family, family.smallest_architecture())
+    low, high = supernet_params
+    assert low < n_super < high
+    assert smallest_params < n_small < n_super
+    shapes = family.supernet_shapes()
+    slices = family.subnet_slices(family.smallest_architecture())
+    assert set(slices) <= set(shapes)
+    return family, shapes

@@ -75,7 +75,7 @@ def _kw(tmp_path, **extra):
         num_classes=10,
         in_channels=1,
         clients_per_round=2,
-        min_available_nodes=3,
+        min_available_nodes=len(NODES),
         finetune_epochs=2,
         results_dir=str(tmp_path / "results"),
         checkpoint_dir=str(tmp_path / "ckpt"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord
+from named_clients import NODES, PARTITION
 
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.core.search import SearchConfig
@@ -31,9 +32,6 @@ from flwr_pfedrlnas.flower.client import (
 from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 from flwr_pfedrlnas.training import recalibrate_batchnorm
-
-NODES = {101: {"client-id": "alice"}, 202: {"client-id": "bob"}, 303: {"client-id": "carol"}}
-PARTITION = {"alice": 0, "bob": 1, "carol": 2}
 
 
 def _family():

@@ -14,15 +14,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from flwr_processes import (
-    APP,
-    BIN,
-    SUPERNET_CONFIG,
-    Processes,
-    flwr_env,
-    free_port,
-    run_status,
-)
+from flwr_processes import APP, BIN, SUPERNET_CONFIG, Processes, flwr_env, free_port, run_status
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common import Code, EvaluateRes, FitRes, GetPropertiesRes, Status
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
+from flwr.common import Code, EvaluateRes, FitRes, Status
+from named_clients import NODES, PARTITION, legacy_manager
 from torch.utils.data import DataLoader, TensorDataset
 
 from flwr_pfedrlnas.core.search import SearchConfig
@@ -40,8 +39,6 @@ from flwr_pfedrlnas.supernets import get_supernet
 from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm, split_batch, train
 
 REPO = Path(__file__).resolve().parents[1]
-NODES = {101: {"client-id": "alice"}, 202: {"client-id": "bob"}, 303: {"client-id": "carol"}}
-PARTITION = {"alice": 0, "bob": 1, "carol": 2}
 
 
 def _family():
@@ -370,34 +367,6 @@ def test_start_with_initial_arrays_replaces_the_supernet(local_grid, tmp_path):
 
 
 # ---------------------------------------------------------------------- legacy API
-class _Proxy(ClientProxy):
-    def __init__(self, cid: str, client_id: str | None):
-        super().__init__(cid)
-        self.client_id = client_id
-
-    def get_properties(self, ins, timeout, group_id):
-        if self.client_id is None:
-            raise RuntimeError("no get_properties")
-        return GetPropertiesRes(Status(Code.OK, ""), {m.CLIENT_ID: self.client_id})
-
-    def get_parameters(self, ins, timeout, group_id):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def fit(self, ins, timeout, group_id):  # pragma: no cover - driven by hand
-        raise NotImplementedError
-
-    def evaluate(self, ins, timeout, group_id):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def reconnect(self, ins, timeout, group_id):  # pragma: no cover - unused
-        raise NotImplementedError
-
-
-def _manager(client_ids):
-    manager = SimpleClientManager()
-    for node, cid in zip(NODES, client_ids):
-        manager.register(_Proxy(str(node), cid))
-    return manager
 
 
 def test_legacy_every_client_failing_stops_the_run(tmp_path):
@@ -405,7 +374,7 @@ def test_legacy_every_client_failing_stops_the_run(tmp_path):
         _family(), clients_per_round=3, min_available_clients=3, query_timeout=1.0
     )
     before = {k: v.copy() for k, v in strategy.search.supernet.items()}
-    instructions = strategy.configure_fit(1, None, _manager(["alice", "bob", "carol"]))
+    instructions = strategy.configure_fit(1, None, legacy_manager(["alice", "bob", "carol"]))
     failures = [
         (proxy, FitRes(Status(Code.FIT_NOT_IMPLEMENTED, "disk full"), ins.parameters, 0, {}))
         for proxy, ins in instructions
@@ -420,7 +389,7 @@ def test_legacy_every_client_failing_stops_the_run(tmp_path):
 def test_legacy_no_client_saying_who_it_is_stops_the_run():
     strategy = PerFedRLNASLegacy(_family(), min_available_clients=3, query_timeout=1.0)
     with pytest.raises(UnidentifiedNodesError, match="3 connected, 3 answered with an error"):
-        strategy.configure_fit(1, None, _manager([None, None, None]))
+        strategy.configure_fit(1, None, legacy_manager([None, None, None]))
 
 
 def test_run_config_min_usable_fraction_is_validated_by_name():
@@ -434,7 +403,7 @@ def test_run_config_min_usable_fraction_is_validated_by_name():
 
 def test_legacy_every_evaluation_failing_stops_the_run():
     strategy = PerFedRLNASLegacy(_family(), min_available_clients=3, query_timeout=1.0)
-    instructions = strategy.configure_evaluate(1, None, _manager(["alice", "bob", "carol"]))
+    instructions = strategy.configure_evaluate(1, None, legacy_manager(["alice", "bob", "carol"]))
     assert len(instructions) == 3
     failures = [
         (proxy, EvaluateRes(Status(Code.EVALUATE_NOT_IMPLEMENTED, "no data"), 0.0, 0, {}))

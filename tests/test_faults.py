@@ -32,13 +32,11 @@ from flwr.app import (
 from flwr.common import (
     Code,
     FitRes,
-    GetPropertiesRes,
     Status,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.client_proxy import ClientProxy
+from named_clients import NODES, PARTITION, legacy_manager
 
 from flwr_pfedrlnas.core.search import SearchConfig
 from flwr_pfedrlnas.flower import messages as m
@@ -48,8 +46,6 @@ from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
 from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 
-NODES = {101: {"client-id": "alice"}, 202: {"client-id": "bob"}, 303: {"client-id": "carol"}}
-INDEX = {"alice": 0, "bob": 1, "carol": 2}
 ALICE = 101
 
 
@@ -67,7 +63,7 @@ def _family():
 
 def _fake_result(cid: str, server_round: int, state: dict[str, np.ndarray]):
     """A deterministic 'training': shift the floats, fixed metrics per client."""
-    i = INDEX[cid]
+    i = PARTITION[cid]
     shift = 0.01 * (i + 1) * server_round
     trained = {
         k: (v + shift).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in state.items()
@@ -513,27 +509,6 @@ def test_reward_clip_bounds_a_forged_compute_time(local_grid):
 
 
 # ---------------------------------------------------------------------- legacy API
-class FakeProxy(ClientProxy):
-    def __init__(self, cid: str, client_id: str):
-        super().__init__(cid)
-        self.client_id = client_id
-
-    def get_properties(self, ins, timeout, group_id):
-        return GetPropertiesRes(Status(Code.OK, ""), {m.CLIENT_ID: self.client_id})
-
-    def get_parameters(self, ins, timeout, group_id):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def fit(self, ins, timeout, group_id):  # pragma: no cover - driven by hand
-        raise NotImplementedError
-
-    def evaluate(self, ins, timeout, group_id):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def reconnect(self, ins, timeout, group_id):  # pragma: no cover - unused
-        raise NotImplementedError
-
-
 def _legacy_round(strategy, manager, server_round, tamper=None):
     instructions = strategy.configure_fit(server_round, None, manager)
     results, failures = [], []
@@ -559,18 +534,22 @@ def _legacy_round(strategy, manager, server_round, tamper=None):
     strategy.aggregate_fit(server_round, results, failures)
 
 
-def run_legacy(tamper=None):
-    strategy = PerFedRLNASLegacy(
+def _legacy_strategy(**extra) -> PerFedRLNASLegacy:
+    """Every client in every round, no evaluation round, a seeded search."""
+    return PerFedRLNASLegacy(
         _family(),
         clients_per_round=3,
         min_available_clients=3,
         fraction_evaluate=0.0,
         search_config=SearchConfig(seed=0),
         query_timeout=1.0,
+        **extra,
     )
-    manager = SimpleClientManager()
-    for node, cfg in NODES.items():
-        manager.register(FakeProxy(str(node), cfg["client-id"]))
+
+
+def run_legacy(tamper=None):
+    strategy = _legacy_strategy()
+    manager = legacy_manager()
     _legacy_round(strategy, manager, 1)
     alice_before = copy.deepcopy(strategy.search.policies["alice"].state_dict())
     _legacy_round(strategy, manager, 2, tamper)
@@ -613,19 +592,20 @@ def _legacy_failure(proxy, res):
 
 
 LEGACY_BAD = {
+    # in the order the tests run (sorted by name)
     "accuracy-above-1": (_legacy_metric(m.ACCURACY, 2.0), "accuracy is 2.0, out of range"),
     "accuracy-missing": (
         lambda p, r: (p, r) if r.metrics.pop(m.ACCURACY) else None,
         "metrics lack 'accuracy'",
     ),
+    "array-count": (_legacy_drop_array, "arrays, the subnet has"),
     "compute-seconds-negative": (
         _legacy_metric(m.COMPUTE_SECONDS, -3.0),
         "compute-seconds is -3.0, out of range",
     ),
-    "array-count": (_legacy_drop_array, "arrays, the subnet has"),
-    "nan-weight": (_legacy_nan, "NaN or infinite value(s)"),
-    "impostor-client-id": (_legacy_metric(m.CLIENT_ID, "carol"), "client-id is 'carol'"),
     "fit-status-failure": (_legacy_failure, "client error: disk full"),
+    "impostor-client-id": (_legacy_metric(m.CLIENT_ID, "carol"), "client-id is 'carol'"),
+    "nan-weight": (_legacy_nan, "NaN or infinite value(s)"),
     "vanished": (lambda p, r: None, "no reply (timeout or lost)"),
 }
 
@@ -734,18 +714,8 @@ def test_legacy_sends_each_client_its_simulated_device():
     from flwr_pfedrlnas.core.profiles import ProfileDistribution
 
     profiles = ProfileDistribution(seed=3, memory_budget_choices_mb=(64.0,))
-    strategy = PerFedRLNASLegacy(
-        _family(),
-        clients_per_round=3,
-        min_available_clients=3,
-        fraction_evaluate=0.0,
-        search_config=SearchConfig(seed=0),
-        query_timeout=1.0,
-        profiles=profiles,
-    )
-    manager = SimpleClientManager()
-    for node, cfg in NODES.items():
-        manager.register(FakeProxy(str(node), cfg["client-id"]))
+    strategy = _legacy_strategy(profiles=profiles)
+    manager = legacy_manager()
     instructions = strategy.configure_fit(1, strategy._supernet_parameters(), manager)
     assert len(instructions) == 3
     for proxy, ins in instructions:

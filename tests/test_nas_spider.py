@@ -53,15 +53,14 @@ HANDLERS = nas_handlers(load_data, device=None)
 def _strategy(**kw) -> SPIDER:
     args = dict(
         clients_per_round=2,
-        min_available_nodes=3,
+        min_available_nodes=len(NODES),
         batch_size=8,
         bn_recalibration_batches=1,
         val_batches=1,
         warmup=1,
         edges_per_step=2,
     )
-    args.update(kw)
-    return SPIDER(FAMILY, **args)
+    return SPIDER(FAMILY, **(args | kw))
 
 
 def _grid(local_grid, tamper=None):

@@ -46,6 +46,17 @@ def _handlers(log):
     return {"query": identify, "train": train, "evaluate": evaluate}
 
 
+def _strategy(tmp_path, seed: int, **knobs) -> PerFedRLNAS:
+    """PerFedRLNAS over the four nodes, a seeded search, results in ``tmp_path``."""
+    return PerFedRLNAS(
+        _family(),
+        min_available_nodes=4,
+        search_config=SearchConfig(seed=seed),
+        results_dir=str(tmp_path / "results"),
+        **knobs,
+    )
+
+
 def test_core_search_only_updates_policies_not_the_supernet():
     core = PerFedRLNASSearch(_family(), SearchConfig(seed=0))
     before = {k: v.tobytes() for k, v in core.supernet.items()}
@@ -73,15 +84,8 @@ def test_core_search_only_updates_policies_not_the_supernet():
 
 def test_new_clients_never_train_and_search_only_changes_no_weight(local_grid, tmp_path):
     log = []
-    strategy = PerFedRLNAS(
-        _family(),
-        clients_per_round=3,
-        min_available_nodes=4,
-        search_config=SearchConfig(seed=0),
-        num_new_clients=1,
-        new_client_rounds=0,  # run them by hand below
-        results_dir=str(tmp_path / "results"),
-    )
+    # One new client, its search-only rounds run by hand below.
+    strategy = _strategy(tmp_path, 0, clients_per_round=3, num_new_clients=1, new_client_rounds=0)
     grid = local_grid(NODES, _handlers(log))
     strategy.start(grid, num_rounds=2)
     assert strategy.session.new_clients == ["3"]
@@ -122,15 +126,7 @@ def test_new_clients_never_train_and_search_only_changes_no_weight(local_grid, t
 
 
 def test_start_runs_the_search_only_rounds_after_training(local_grid, tmp_path):
-    strategy = PerFedRLNAS(
-        _family(),
-        clients_per_round=2,
-        min_available_nodes=4,
-        search_config=SearchConfig(seed=1),
-        num_new_clients=2,
-        new_client_rounds=2,
-        results_dir=str(tmp_path / "results"),
-    )
+    strategy = _strategy(tmp_path, 1, clients_per_round=2, num_new_clients=2, new_client_rounds=2)
     strategy.start(local_grid(NODES, _handlers([])), num_rounds=1)
     assert strategy.session.new_clients == ["2", "3"]
     assert [r["search-round"] for r in strategy.session.new_client_rows] == [1, 2]

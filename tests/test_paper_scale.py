@@ -160,14 +160,11 @@ def test_smoke_run_keeps_what_makes_a_file_paper_scale(tmp_path):
 
 
 def _write_toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # an inline table
         return "{ " + ", ".join(f'"{k}" = {_write_toml_value(v)}' for k, v in value.items()) + " }"
+    if isinstance(value, bool | int | float | str):
+        # JSON's true / false, (finite) numbers and strings are TOML's too.
+        return json.dumps(value)
     raise TypeError(value)
 
 

@@ -75,7 +75,7 @@ HANDLERS = {
 def _method(name: str, tmp_path, **extra):
     common = dict(
         clients_per_round=2,
-        min_available_nodes=3,
+        min_available_nodes=len(NODES),
         batch_size=8,
         seed=3,
         results_dir=str(tmp_path / "results"),

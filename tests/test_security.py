@@ -28,15 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from flwr_processes import (
-    APP,
-    BIN,
-    SUPERNET_CONFIG,
-    Processes,
-    flwr_env,
-    free_port,
-    run_status,
-)
+from flwr_processes import APP, BIN, SUPERNET_CONFIG, Processes, flwr_env, free_port, run_status
 
 pytestmark = pytest.mark.slow
 

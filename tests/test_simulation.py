@@ -104,6 +104,15 @@ def _simulate(strategy, num_rounds):
     return proposed
 
 
+def _seeded_run(tmp_path, seed: int) -> dict:
+    """Strategy keywords: a seeded search, results and checkpoints under ``tmp_path``."""
+    return dict(
+        search_config=SearchConfig(seed=seed),
+        results_dir=str(tmp_path),
+        checkpoint_dir=str(tmp_path / "checkpoint"),
+    )
+
+
 def test_every_builtin_family_is_covered():
     # Families registered by user code (the bring-your-own example) are tested elsewhere.
     assert set(CPU_FAMILIES) == set(available_supernets()) - {"elastic-mlp"}
@@ -113,12 +122,7 @@ def test_every_builtin_family_is_covered():
 def test_message_api_simulation(tmp_path, name):
     family = get_supernet(name, **CPU_FAMILIES[name])
     strategy = PerFedRLNAS(
-        family,
-        clients_per_round=3,
-        min_available_nodes=NUM_CLIENTS,
-        search_config=SearchConfig(seed=1),
-        results_dir=str(tmp_path),
-        checkpoint_dir=str(tmp_path / "checkpoint"),
+        family, clients_per_round=3, min_available_nodes=NUM_CLIENTS, **_seeded_run(tmp_path, 1)
     )
     initial = {k: v.copy() for k, v in strategy.search.supernet.items()}
     proposed = [p.arch for p in _simulate(strategy, ROUNDS)]
@@ -136,12 +140,7 @@ def test_message_api_simulation(tmp_path, name):
 def test_legacy_api_simulation(tmp_path):
     family = get_supernet("mobilenetv3", **FAMILY_KNOBS)
     strategy = PerFedRLNASLegacy(
-        family,
-        clients_per_round=3,
-        min_available_clients=NUM_CLIENTS,
-        search_config=SearchConfig(seed=2),
-        results_dir=str(tmp_path),
-        checkpoint_dir=str(tmp_path / "checkpoint"),
+        family, clients_per_round=3, min_available_clients=NUM_CLIENTS, **_seeded_run(tmp_path, 2)
     )
     initial = {k: v.copy() for k, v in strategy.search.supernet.items()}
 
