@@ -241,7 +241,7 @@ def write_report(
             *theorem_lines,
         ]
     lines += tier_lines(results)
-    if any(len(runs) > 1 for runs in seed_groups(results).values()):
+    if seed_groups(results):
         seeds = seed_table(results)
         written["seeds.csv"] = out / "seeds.csv"
         seeds.to_csv(written["seeds.csv"], index=False)
