@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from flwr_pfedrlnas.experiments.report_plots import _pyplot, _save
 from flwr_pfedrlnas.experiments.report_tables import (
     MethodResult,
     convergence,
@@ -62,6 +63,14 @@ def seed_groups(results: Sequence[MethodResult]) -> dict[str, list[tuple[int, Me
 def _final(result: MethodResult) -> pd.Series | None:
     data = evaluated_rounds(result.rounds)
     return data.iloc[-1] if len(data) else None
+
+
+def _total_latency(result: MethodResult) -> float:
+    """The run's simulated time (last ``latency-total-s``); NaN without the column."""
+    rounds = result.rounds
+    if "latency-total-s" not in rounds.columns or not len(rounds):
+        return float("nan")
+    return float(rounds["latency-total-s"].iloc[-1])
 
 
 def time_to_reach(rounds: pd.DataFrame, target: float) -> float:
@@ -123,9 +132,7 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
                 "trained-mean": _mean(trained),
                 "trained-std-seeds": _std(trained),
                 "converged": _rule_cell(rules),
-                "latency-total-s": _mean(
-                    np.array([r.rounds["latency-total-s"].iloc[-1] for _, r in runs], dtype=float)
-                ),
+                "latency-total-s": _mean(np.array([_total_latency(r) for _, r in runs])),
                 "target": target,
                 "time-to-target-s": float(np.mean(reach)) if reach else float("nan"),
                 "search-gain": float(np.mean(gains)) if gains else float("nan"),
@@ -205,8 +212,6 @@ def plot_seed_curves(
     groups = seed_groups(results)
     if not groups:
         return None
-    from flwr_pfedrlnas.experiments.report_plots import _pyplot, _save
-
     plt = _pyplot()
     fig, (by_round, by_time) = plt.subplots(1, 2, figsize=(13, 4.8))
     for runs in groups.values():

@@ -159,14 +159,18 @@ def convergence(
         data = data[data["finetune-epochs"].fillna(0) <= 0]
     if not len(data):
         return float("nan"), None
-    last = float(rounds["round"].max())
-    edge, start = last * (1 - window), last * (1 - 2 * window)
+    edge, start = _window_edge(rounds, window), _window_edge(rounds, 2 * window)
     late = data[data["round"] > edge]["accuracy-mean"]
     early = data[(data["round"] > start) & (data["round"] <= edge)]["accuracy-mean"]
     if not len(late) or not len(early):
         return float("nan"), None
     gain = float(late.mean() - early.mean())
     return gain, bool(gain < tolerance)
+
+
+def _window_edge(rounds: pd.DataFrame, fraction: float) -> float:
+    """The round after which the last ``fraction`` of the run begins: ``R (1 - fraction)``."""
+    return float(rounds["round"].max()) * (1 - fraction)
 
 
 def trained_accuracy(rounds: pd.DataFrame, window: float = CONVERGENCE_WINDOW) -> float:
@@ -178,7 +182,7 @@ def trained_accuracy(rounds: pd.DataFrame, window: float = CONVERGENCE_WINDOW) -
     """
     if "train-accuracy-mean" not in rounds.columns or not len(rounds):
         return float("nan")
-    late = rounds[rounds["round"] > float(rounds["round"].max()) * (1 - window)]
+    late = rounds[rounds["round"] > _window_edge(rounds, window)]
     values = late["train-accuracy-mean"].dropna()
     return float(values.mean()) if len(values) else float("nan")
 
