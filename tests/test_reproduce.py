@@ -362,3 +362,63 @@ def test_reproduce_end_to_end(tmp_path):
         left = kill_leftovers(("REPRODUCE_TEST_MARKER", marker), homes)
         assert not left, left
     print(f"end-to-end reproduction took {time.monotonic() - start:.0f} s")
+
+
+class _FakeLink:
+    """The part of ``LocalSuperLink`` that ``run_method`` uses, without a SuperLink."""
+
+    env = dict(os.environ)
+
+    def run_statuses(self):
+        return None
+
+
+def _fake_flwr(tmp_path: Path, rounds_after: int) -> Path:
+    """An executable standing in for ``flwr``: echoes its arguments and completes
+    ``rounds.csv`` in the ``results-dir`` of its run config up to ``rounds_after``."""
+    script = tmp_path / "flwr"
+    script.write_text(
+        "#!" + sys.executable + "\n"
+        "import re, sys, pathlib\n"
+        "cfg = sys.argv[sys.argv.index('--run-config') + 1]\n"
+        "print('ARGS', cfg)\n"
+        "out = pathlib.Path(re.search(r\"results-dir='([^']*)'\", cfg).group(1))\n"
+        "out.mkdir(parents=True, exist_ok=True)\n"
+        "path = out / 'rounds.csv'\n"
+        "done = len(path.read_text().splitlines()) - 1 if path.exists() else 0\n"
+        "with path.open('a') as fh:\n"
+        "    fh.write('' if done else 'round\\n')\n"
+        f"    fh.writelines(f'{{r}}\\n' for r in range(max(done, 0) + 1, {rounds_after} + 1))\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_resume_keeps_the_interrupted_run_and_passes_resume(tmp_path, monkeypatch, resume):
+    from flwr_pfedrlnas.experiments import flwr_runner
+
+    results = tmp_path / "out" / "m"
+    results.mkdir(parents=True)
+    (results / "rounds.csv").write_text("round\n1\n2\n")  # a run killed after round 2
+    (results / "checkpoint").mkdir()
+    log = tmp_path / "out" / "m.log"
+    log.write_text("first part\n")
+    monkeypatch.setattr(flwr_runner, "flwr_binary", lambda: str(_fake_flwr(tmp_path, 4)))
+    config = {"num-server-rounds": 4, "results-dir": str(results)}
+    record = flwr_runner.run_method(
+        _FakeLink(), tmp_path, {}, config, "m", tmp_path / "out", 4, echo=False, resume=resume
+    )
+    assert record.ok, record.error
+    assert list(pd.read_csv(results / "rounds.csv")["round"]) == [1, 2, 3, 4]
+    text = log.read_text()
+    assert ("resume=true" in text) is resume
+    assert text.startswith("first part\n") is resume  # appended, or a fresh log
+    assert (results / "checkpoint").is_dir() is resume  # a fresh run starts clean
+    assert "resume" not in config  # the caller's config is left as it was
+
+
+def test_resume_cannot_go_with_report_only(capsys):
+    with pytest.raises(SystemExit):
+        main(["table2-cpu", "--resume", "--report-only"])
+    assert "--resume" in capsys.readouterr().err

@@ -319,10 +319,18 @@ def run_method(
     expected_rounds: int,
     timeout_s: float | None = None,
     echo: bool = True,
+    resume: bool = False,
 ) -> RunRecord:
-    """Run one method with ``flwr run`` and check that it completed."""
+    """Run one method with ``flwr run`` and check that it completed.
+
+    ``resume``: keep ``results-dir`` and its checkpoint and pass ``resume=true``,
+    so an interrupted run continues after its last complete round (a run with
+    no checkpoint starts from round 1); the log is appended to, not replaced.
+    """
     results_dir = Path(run_config["results-dir"])
-    if results_dir.exists():
+    if resume:
+        run_config = {**run_config, "resume": True}
+    elif results_dir.exists():
         shutil.rmtree(results_dir)  # a stale rounds.csv must not pass for this run
     args = flwr_command(app_dir, federation_config, run_config)
     shown = shell_join(
@@ -339,7 +347,7 @@ def run_method(
     )
     before = link.run_statuses()
     start = time.perf_counter()
-    with log_path.open("w") as log:
+    with log_path.open("a" if resume else "w") as log:
         log.write(f"$ {shown}\n")
         log.flush()
         proc = subprocess.Popen(
@@ -396,6 +404,7 @@ def run_experiment(
     rounds: int | None = None,
     echo: bool = True,
     argv: Sequence[str] = (),
+    resume: bool = False,
 ) -> list[RunRecord]:
     """Run ``methods`` one after the other on one private local SuperLink.
 
@@ -428,6 +437,7 @@ def run_experiment(
                 expected,
                 timeout_s=experiment.timeout_s,
                 echo=echo,
+                resume=resume,
             )
             record.runner = shlex.join(
                 ["python", "-m", "flwr_pfedrlnas.experiments.reproduce", *argv]

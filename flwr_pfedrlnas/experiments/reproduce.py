@@ -6,6 +6,7 @@ Usage::
     python -m flwr_pfedrlnas.experiments.reproduce table2-cpu --only pfedrlnas --only fedavg-largest
     python -m flwr_pfedrlnas.experiments.reproduce table2-cpu --rounds 5 --out /tmp/table2-quick
     python -m flwr_pfedrlnas.experiments.reproduce table2-cpu --report-only
+    python -m flwr_pfedrlnas.experiments.reproduce table2-cpu --only fedrep --resume
 
 The experiment file's format is in :mod:`.experiment_file`, how each method
 runs in :mod:`.flwr_runner`; after the runs the report
@@ -198,11 +199,18 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="with --report-only: read <dir>/<method>/rounds.csv from here (default --out)",
     )
     parser.add_argument("--quiet", action="store_true", help="do not echo the runs' output")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue each interrupted run from its checkpoint (runs without one start anew)",
+    )
     args = parser.parse_args(list(argv))
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
     if args.source is not None and not args.report_only:
         parser.error("--from needs --report-only")
+    if args.resume and args.report_only:
+        parser.error("--resume runs methods; it cannot go with --report-only")
     return args
 
 
@@ -240,7 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             previous = None
         try:
             records = run_experiment(
-                experiment, out, methods, args.rounds, echo=not args.quiet, argv=argv
+                experiment,
+                out,
+                methods,
+                args.rounds,
+                echo=not args.quiet,
+                argv=argv,
+                resume=args.resume,
             )
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
