@@ -286,7 +286,7 @@ def test_rerunning_one_method_keeps_the_others_in_the_table(tmp_path, monkeypatc
     _write_method(out / "pfedrlnas", [_round(1, 0.4, 0.1, 5.0, 10, 10)], clients)
     ran = []
 
-    def fake_run(experiment, out_dir, methods, rounds=None, echo=True, argv=()):
+    def fake_run(experiment, out_dir, methods, rounds=None, echo=True, argv=(), resume=False):
         for spec in methods:
             ran.append(spec.name)
             _write_method(out_dir / spec.name, [_round(1, 0.7, 0.1, 6.0, 20, 20)], clients)
