@@ -209,6 +209,15 @@ def test_a_round_without_any_usable_reply_fails_loudly(name, local_grid, tmp_pat
     assert _state(method)[:2] == before[:2]  # the sample was drawn; nothing else moved
 
 
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_records_a_modelled_latency(name, local_grid, tmp_path):
+    row, _ = _round_one(_method(name, tmp_path), local_grid, lambda reply, msg: "")
+    assert math.isfinite(row["modelled-latency-round-s"]) and row["modelled-latency-round-s"] > 0
+    assert row["modelled-latency-total-s"] == row["modelled-latency-round-s"]
+    # Transfers alone give a lower bound: the clients' MACs count on top of them.
+    assert row["modelled-latency-round-s"] > 8 * row["bytes-up"] / 100e6 / 2
+
+
 # ---------------------------------------------------------------------- resume
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_resumes_where_it_stopped(name, local_grid, tmp_path):
@@ -225,7 +234,9 @@ def test_every_method_resumes_where_it_stopped(name, local_grid, tmp_path):
     a = pd.read_csv(tmp_path / "whole" / "results" / "rounds.csv")
     b = pd.read_csv(tmp_path / "split" / "results" / "rounds.csv")
     assert list(b["round"]) == [1, 2, 3]
-    for column in ("sampled", "num-accepted", "accuracy-mean", "bytes-down", "bytes-up"):
+    # The modelled latency is deterministic (MACs and bytes), so it survives a resume exactly.
+    columns = ("sampled", "num-accepted", "accuracy-mean", "bytes-down", "bytes-up")
+    for column in (*columns, "modelled-latency-total-s"):
         assert a[column].tolist() == b[column].tolist() or all(
             (isinstance(x, float) and math.isnan(x) and math.isnan(y)) or x == y
             for x, y in zip(a[column], b[column])

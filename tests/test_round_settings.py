@@ -16,7 +16,7 @@ from flwr_pfedrlnas.flower.runconfig import round_settings_kwargs, strategy_kwar
 from flwr_pfedrlnas.flower.session import SESSION_SETTINGS, SearchSession, session_from
 from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.methods import protocol_kwargs
-from flwr_pfedrlnas.protocol.rounds import RoundSchedule
+from flwr_pfedrlnas.protocol.rounds import ExchangeLedger, RoundSchedule
 from flwr_pfedrlnas.protocol.settings import ROUND_SETTINGS, RoundSettings, check_ranges
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import get_supernet
@@ -139,30 +139,34 @@ def test_check_ranges_names_the_first_refused_value():
         check_ranges({"a": 1, "b": -3}, rules)
 
 
-# The constructors' signatures are public (users pass these keywords): unchanged.
+# The constructors' signatures are public (users pass these keywords): unchanged, new
+# keywords only added at the end.
 SHARED = (
     "lr=0.05, batch_size=32, results_dir=None, checkpoint_dir=None, resume=False, run_config=None"
 )
+ADDED = "device_macs_per_second=1000000000.0"
 SIGNATURES = {
     SearchSession: "family, search_config=None, clients_per_round=5, local_epochs=1, "
     "lr=0.05, batch_size=32, evaluate_every=1, bn_recalibration_batches=-1, finetune_epochs=0, "
     "results_dir=None, checkpoint_dir=None, resume=False, run_config=None, name='PerFedRLNAS', "
-    "profiles=None, num_new_clients=0, new_client_rounds=0, training=None",
+    "profiles=None, num_new_clients=0, new_client_rounds=0, training=None, "
+    f"{ADDED}",
     PerFedRLNAS: "family, clients_per_round=5, min_available_nodes=2, fraction_evaluate=1.0, "
     "evaluate_every=1, bn_recalibration_batches=-1, finetune_epochs=0, search_config=None, "
     f"local_epochs=1, {SHARED}, arrayrecord_key='arrays', configrecord_key='config', "
     "metricrecord_key='metrics', query_timeout=120.0, profiles=None, num_new_clients=0, "
     "new_client_rounds=0, min_usable_fraction=0.0, deployed_dir=None, diagnostic_subnets=0, "
-    "diagnose_every=0, training=None",
+    f"diagnose_every=0, training=None, {ADDED}",
     PerFedRLNASLegacy: "family, clients_per_round=5, min_available_clients=2, "
     "fraction_evaluate=1.0, evaluate_every=1, bn_recalibration_batches=-1, finetune_epochs=0, "
     f"search_config=None, local_epochs=1, {SHARED}, query_timeout=120.0, "
-    "min_usable_fraction=0.0, deployed_dir=None, training=None, profiles=None",
+    "min_usable_fraction=0.0, deployed_dir=None, training=None, profiles=None, "
+    f"{ADDED}",
     Method: "clients_per_round=5, min_available_nodes=2, local_epochs=1, lr=0.05, batch_size=32, "
     "evaluate_every=1, bn_recalibration_batches=-1, bandwidth_down_bps=100000000.0, "
     "bandwidth_up_bps=100000000.0, seed=0, results_dir=None, checkpoint_dir=None, resume=False, "
     "run_config=None, query_timeout=120.0, round_timeout=3600.0, arrayrecord_key='arrays', "
-    "configrecord_key='config', metricrecord_key='metrics', training=None",
+    f"configrecord_key='config', metricrecord_key='metrics', training=None, {ADDED}",
 }
 
 
@@ -276,3 +280,45 @@ def test_a_round_s_bytes_and_latency_are_the_ledger_s(local_grid, tmp_path):
     assert row["latency-round-s"] == metrics["latency-s"] == row["latency-total-s"]
     assert (row["bytes-down"], row["bytes-up"]) == (metrics["bytes-down"], metrics["bytes-up"])
     assert strategy.session.ledger.exchange_seconds == []  # the next round starts afresh
+    # The modelled latency: the slowest client's reported MACs at 1 GMAC/s + bytes at 100 Mbit/s.
+    down = {m.metadata.dst_node_id: m.content["arrays"].count_bytes() for m in messages}
+    modelled = [
+        r.content["metrics"]["compute-macs"] / 1e9
+        + 8 * (down[r.metadata.src_node_id] + r.content["arrays"].count_bytes()) / 100e6
+        for r in replies
+    ]
+    assert all(r.content["metrics"]["compute-macs"] > 0 for r in replies)
+    assert row["modelled-latency-round-s"] == pytest.approx(max(modelled), rel=1e-12)
+    assert row["modelled-latency-total-s"] == row["modelled-latency-round-s"]
+
+
+def test_modelled_time_hand_computed_and_nan_without_a_count():
+    ledger = ExchangeLedger(8e6, 16e6, macs_per_second=2e9)
+    # 4e9 MACs at 2 GMAC/s on a device twice as slow, 1 MB down at 8 Mbit/s, 2 MB up at 16.
+    assert ledger.modelled_time(4e9, 1_000_000, 2_000_000, speed_factor=2.0) == 4.0 + 1.0 + 1.0
+    ledger.add_exchange(10, 20, [3.0, 5.0], [1.5, 2.5])
+    ledger.add_exchange(0, 0, [1.0], [0.5])
+    ledger.server_seconds = 7.0
+    assert ledger.latency == 5.0 + 1.0 + 7.0
+    assert ledger.modelled_latency == 2.5 + 0.5  # no server time
+    ledger.add_exchange(0, 0, [1.0], [ledger.modelled_time(float("nan"), 0, 0)])
+    assert math.isnan(ledger.modelled_latency)  # a reply without compute-macs
+    assert ledger.modelled_time(0, 0, 0) == 0.0
+
+
+def test_device_macs_per_second_is_checked():
+    with pytest.raises(ValueError, match="device_macs_per_second is 0, out of range"):
+        RoundSettings(device_macs_per_second=0)
+    cfg = {
+        "results-dir": "",
+        "clients-per-round": 3,
+        "local-epochs": 1,
+        "lr": 0.1,
+        "batch-size": 16,
+        "evaluate-every": 2,
+        "bn-recalibration-batches": 0,
+        "device-macs-per-second": 5e8,
+    }
+    assert round_settings_kwargs(cfg)["device_macs_per_second"] == 5e8
+    del cfg["device-macs-per-second"]  # an older app without the key: the default
+    assert round_settings_kwargs(cfg)["device_macs_per_second"] == 1e9

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from flwr_pfedrlnas.baselines.models import build_model, is_head_key
+from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
 from flwr_pfedrlnas.flower.personal import (
@@ -220,14 +221,16 @@ def baseline_train(
         return not is_head_key(model_name, k)
 
     start = time.perf_counter()
-    if method == "fedrep":
-        train_parts(model, train_loader, int(config.get(HEAD_EPOCHS, 1)), lr, head, dev, **options)
-        loss, n = train_parts(model, train_loader, epochs, lr, body, dev, **options)
-    elif method == "fedbabu":
-        loss, n = train_parts(model, train_loader, epochs, lr, body, dev, **options)
-    else:
-        loss, n = train_parts(model, train_loader, epochs, lr, lambda k: True, dev, **options)
-    _, accuracy, _ = evaluate(model, test_loader, device=dev)
+    with ComputeCounter() as counted:  # MACs of the work timed (modelled latency)
+        if method == "fedrep":
+            head_epochs = int(config.get(HEAD_EPOCHS, 1))
+            train_parts(model, train_loader, head_epochs, lr, head, dev, **options)
+            loss, n = train_parts(model, train_loader, epochs, lr, body, dev, **options)
+        elif method == "fedbabu":
+            loss, n = train_parts(model, train_loader, epochs, lr, body, dev, **options)
+        else:
+            loss, n = train_parts(model, train_loader, epochs, lr, lambda k: True, dev, **options)
+        _, accuracy, _ = evaluate(model, test_loader, device=dev)
     compute = time.perf_counter() - start
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if method == "local":
@@ -246,6 +249,7 @@ def baseline_train(
         m.ACCURACY: float(accuracy),
         m.TRAIN_LOSS: float(loss),
         m.COMPUTE_SECONDS: float(compute),
+        m.COMPUTE_MACS: int(counted.macs),
     }
     content = RecordDict(
         {

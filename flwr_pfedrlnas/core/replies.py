@@ -39,6 +39,8 @@ class ClientReply:
     accuracy: float
     train_loss: float = float("nan")
     compute_seconds: float = 0.0
+    # MACs of the same work (None: the client did not count them).
+    compute_macs: float | None = None
     peak_memory_bytes: float = 0.0
     memory_budget_bytes: float | None = None
     # The client measured a peak over its budget and did not train: its weights

@@ -59,6 +59,8 @@ def reply_problem(
         ("compute-seconds", reply.compute_seconds, lambda v: v >= 0),
         ("peak-memory-bytes", reply.peak_memory_bytes, lambda v: v >= 0),
     ]
+    if reply.compute_macs is not None:
+        checks.append(("compute-macs", reply.compute_macs, lambda v: v >= 0))
     if config.reward_accuracy == "validation" and not overrun:
         if reply.val_accuracy is None:
             return (

@@ -46,8 +46,11 @@ SEED_COLUMNS = [
     "latency-total-s",
     "target",
     "time-to-target-s",
+    "modelled-latency-total-s",
+    "modelled-time-to-target-s",
     "search-gain",
 ]
+MEASURED, MODELLED = "latency-total-s", "modelled-latency-total-s"
 
 
 def seed_groups(results: Sequence[MethodResult]) -> dict[str, list[tuple[int, MethodResult]]]:
@@ -65,24 +68,25 @@ def _final(result: MethodResult) -> pd.Series | None:
     return data.iloc[-1] if len(data) else None
 
 
-def _total_latency(result: MethodResult) -> float:
-    """The run's simulated time (last ``latency-total-s``); NaN without the column."""
+def _total_latency(result: MethodResult, column: str = MEASURED) -> float:
+    """The run's simulated time (the last ``column``); NaN without the column."""
     rounds = result.rounds
-    if "latency-total-s" not in rounds.columns or not len(rounds):
+    if column not in rounds.columns or not len(rounds):
         return float("nan")
-    return float(rounds["latency-total-s"].iloc[-1])
+    return float(rounds[column].iloc[-1])
 
 
-def time_to_reach(rounds: pd.DataFrame, target: float) -> float:
-    """Simulated time (``latency-total-s``) of the first evaluation with mean >= ``target``.
+def time_to_reach(rounds: pd.DataFrame, target: float, column: str = MEASURED) -> float:
+    """Simulated time (``column``) of the first evaluation with mean >= ``target``.
 
-    NaN when no evaluation reaches it.
+    ``column``: ``latency-total-s`` (measured compute) or ``modelled-latency-total-s``
+    (compute from MACs). NaN when no evaluation reaches it or the run lacks the column.
     """
     data = evaluated_rounds(rounds)
-    if "latency-total-s" not in data.columns:
+    if column not in data.columns:
         return float("nan")
     hit = data[data["accuracy-mean"] >= target]
-    return float(hit["latency-total-s"].iloc[0]) if len(hit) else float("nan")
+    return float(hit[column].iloc[0]) if len(hit) else float("nan")
 
 
 def _rival(result: MethodResult) -> bool:
@@ -100,7 +104,8 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
     rule, as ``k/n`` (and how many are undetermined); ``target``: the best deployed
     mean of the baselines (rows whose run-config method is not ``pfedrlnas``), and
     ``time-to-target-s`` the mean over seeds of :func:`time_to_reach` (NaN if a seed
-    never reaches it).
+    never reaches it); the ``modelled-*`` columns the same on the modelled latency
+    (NaN for runs that predate it).
     """
     groups = seed_groups(results)
     finals: dict[str, list[pd.Series]] = {}
@@ -118,7 +123,11 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
         spread = np.array([f.get("accuracy-std", math.nan) for f in finals[row]], dtype=float)
         trained = np.array([trained_accuracy(r.rounds) for _, r in runs], dtype=float)
         rules = [convergence(r.rounds)[1] for _, r in runs]
-        reach = [time_to_reach(r.rounds, target) for _, r in runs] if math.isfinite(target) else []
+        reach, modelled_reach = (
+            [[time_to_reach(r.rounds, target, c) for _, r in runs] for c in (MEASURED, MODELLED)]
+            if math.isfinite(target)
+            else ([], [])
+        )
         gains = [float(f["search-gain"]) for f in finals[row] if not pd.isna(f.get("search-gain"))]
         first = runs[0][1]
         rows.append(
@@ -135,6 +144,10 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
                 "latency-total-s": _mean(np.array([_total_latency(r) for _, r in runs])),
                 "target": target,
                 "time-to-target-s": float(np.mean(reach)) if reach else float("nan"),
+                "modelled-latency-total-s": _mean_all(
+                    np.array([_total_latency(r, MODELLED) for _, r in runs])
+                ),
+                "modelled-time-to-target-s": _mean_all(np.array(modelled_reach)),
                 "search-gain": float(np.mean(gains)) if gains else float("nan"),
             }
         )
@@ -153,6 +166,11 @@ def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
+def _mean_all(values: np.ndarray) -> float:
+    """The mean, NaN if any value is (a seed that never got there, or lacks the column)."""
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def _std(values: np.ndarray) -> float:
     values = values[np.isfinite(values)]
     return float(values.std()) if len(values) > 1 else float("nan")
@@ -163,7 +181,8 @@ def seed_markdown(table: pd.DataFrame) -> list[str]:
     header = (
         "row | seeds | deployed accuracy (mean ± std over seeds) | std across clients | after "
         "local training (mean ± std over seeds) | converged (seeds) | simulated time (s) | "
-        "simulated time to the best baseline's accuracy (s) | search gain"
+        "simulated time to the best baseline's accuracy (s) | modelled time (s) | modelled "
+        "time to the best baseline's accuracy (s) | search gain"
     ).split(" | ")
     lines = markdown_grid(header, (_seed_cells(row) for row in table.to_dict("records")))
     target = table["target"].iloc[0] if len(table) else float("nan")
@@ -179,7 +198,11 @@ def seed_markdown(table: pd.DataFrame) -> list[str]:
         "point (fine-tuned evaluations left out). Best baseline's accuracy: "
         f"{format_cell(target, 3)} (the highest deployed mean of a row that is not a "
         "PerFedRLNAS search); the time is the first evaluation at or above it, mean over "
-        'seeds, "not reached" if a seed never gets there.',
+        'seeds, "not reached" if a seed never gets there. Simulated time: the clients\' '
+        "measured compute seconds plus bytes over bandwidth and the server's time, so it "
+        "moves with the machine's load; modelled time: each client's counted MACs (backward "
+        "passes included) at `device-macs-per-second` plus the same transfers, the server "
+        'left out, which no load changes ("—": a run that predates it).',
     ]
     return lines
 
@@ -195,8 +218,16 @@ def _seed_cells(row: dict) -> list[str]:
         str(row["converged"]),
         format_cell(row["latency-total-s"], 0),
         "not reached" if not math.isfinite(reach) else format_cell(reach, 0),
+        format_cell(row["modelled-latency-total-s"], 0),
+        _reach_cell(row["modelled-time-to-target-s"], row["modelled-latency-total-s"]),
         format_cell(row["search-gain"], 3),
     ]
+
+
+def _reach_cell(reach: float, total: float) -> str:
+    if math.isfinite(reach):
+        return format_cell(reach, 0)
+    return "not reached" if math.isfinite(total) else "—"
 
 
 def _pm(mean: float, std: float) -> str:

@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
 
+from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.core.search_space import (
     Architecture,
     architecture_from_json,
@@ -140,35 +141,39 @@ def _fit(
     lr = float(config.get(m.LR, 0.05))
     start = time.perf_counter()
     peak = 0.0
-    try:
-        model.to(device)
-        first = next(iter(train_loader), None)
-        if first is not None:
-            images, labels = split_batch(first, *keys)
-            peak = float(training_peak_memory(model, images, labels, optimizer_slots=1))
-        if memory_budget is not None and peak > memory_budget:
-            return overrun_metrics(peak, memory_budget, time.perf_counter() - start)
-        result = _local_train(
-            model, train_loader, epochs, lr, device, keys, **training_options(config)
-        )
-        _, accuracy, _ = evaluate(model, test_loader, device, *keys)
-        val_accuracy = None
-        if val_loader is not None:
-            _, val_accuracy, _ = evaluate(model, val_loader, device, *keys)
-    except Exception as err:  # only running out of memory is answered, not raised
-        if not is_out_of_memory(err):
-            raise
-        if device.type == "cuda":
-            peak = max(peak, float(torch.cuda.max_memory_allocated(device)))
-            torch.cuda.empty_cache()
-        logger.warning("out of memory (%s): reported as a memory overrun", err)
-        return overrun_metrics(peak, memory_budget, time.perf_counter() - start)
+    counted = ComputeCounter()
+    with counted:  # the MACs of the work timed, for the modelled latency
+        try:
+            model.to(device)
+            first = next(iter(train_loader), None)
+            if first is not None:
+                images, labels = split_batch(first, *keys)
+                peak = float(training_peak_memory(model, images, labels, optimizer_slots=1))
+            if memory_budget is not None and peak > memory_budget:
+                seconds = time.perf_counter() - start
+                return overrun_metrics(peak, memory_budget, seconds, counted.macs)
+            result = _local_train(
+                model, train_loader, epochs, lr, device, keys, **training_options(config)
+            )
+            _, accuracy, _ = evaluate(model, test_loader, device, *keys)
+            val_accuracy = None
+            if val_loader is not None:
+                _, val_accuracy, _ = evaluate(model, val_loader, device, *keys)
+        except Exception as err:  # only running out of memory is answered, not raised
+            if not is_out_of_memory(err):
+                raise
+            if device.type == "cuda":
+                peak = max(peak, float(torch.cuda.max_memory_allocated(device)))
+                torch.cuda.empty_cache()
+            logger.warning("out of memory (%s): reported as a memory overrun", err)
+            return overrun_metrics(peak, memory_budget, time.perf_counter() - start, counted.macs)
     compute = time.perf_counter() - start
     metrics = {
         m.NUM_EXAMPLES: int(result.num_examples),
         m.ACCURACY: float(accuracy),
         m.TRAIN_LOSS: float(result.loss),
         m.COMPUTE_SECONDS: float(compute),
+        m.COMPUTE_MACS: int(counted.macs),
         m.PEAK_MEMORY_BYTES: peak,
         m.MEMORY_OVERRUN: 0,
     }

@@ -54,8 +54,15 @@ class MethodDriver:
         self.node_to_client: dict[int, str] = {}
         self.client_to_node: dict[str, int] = {}
         self.latency_total = 0.0
-        self.ledger = ExchangeLedger(method.bandwidth_down_bps, method.bandwidth_up_bps)
+        self.modelled_latency_total = 0.0
+        self.ledger = self._new_ledger()
         self._waited = 0.0  # seconds spent waiting for clients this round (not server time)
+
+    def _new_ledger(self) -> ExchangeLedger:
+        meth = self.method
+        return ExchangeLedger(
+            meth.bandwidth_down_bps, meth.bandwidth_up_bps, meth.device_macs_per_second
+        )
 
     # ------------------------------------------------------------------ identity
     def connected_clients(self, grid: Grid) -> list[str]:
@@ -112,6 +119,7 @@ class MethodDriver:
         accepted: dict[str, RecordDict] = {}
         answered: set[str] = set()
         seconds: list[float] = []
+        modelled: list[float] = []
         for reply in sorted(replies, key=lambda r: str(node_to_cid.get(r.metadata.src_node_id))):
             cid = node_to_cid.get(reply.metadata.src_node_id)
             if cid is None or cid in answered:
@@ -134,6 +142,8 @@ class MethodDriver:
                 compute = float(metrics.get(m.COMPUTE_SECONDS, 0.0))
                 down, up = content_bytes(contents[cid]), content_bytes(reply.content)
                 seconds.append(self.ledger.client_time(compute, down, up))
+                macs = float(metrics.get(m.COMPUTE_MACS, float("nan")))
+                modelled.append(self.ledger.modelled_time(macs, down, up))
         for cid in sorted(set(sent) - answered):
             self._refuse(cid, "no reply")
         if timed:
@@ -141,6 +151,7 @@ class MethodDriver:
                 sum(content_bytes(c) for c in contents.values()),
                 sum(content_bytes(r.content) for r in replies if not r.has_error()),
                 seconds,
+                modelled,
             )
         return accepted
 
@@ -165,7 +176,7 @@ class MethodDriver:
         """One round: extra exchanges, training, aggregation, evaluation, records."""
         meth = self.method
         started = time.perf_counter()
-        self.ledger = ExchangeLedger(meth.bandwidth_down_bps, meth.bandwidth_up_bps)
+        self.ledger = self._new_ledger()
         self._waited = 0.0
         clients = self.connected_clients(grid)
 
@@ -196,6 +207,7 @@ class MethodDriver:
         ]
         latency = self.ledger.latency
         self.latency_total += latency
+        self.modelled_latency_total += self.ledger.modelled_latency
         accuracies = (
             self.evaluate(grid, rnd, clients) if meth.schedule.is_evaluation_round(rnd) else {}
         )
@@ -213,6 +225,8 @@ class MethodDriver:
             "num-evaluated": len(accuracies),
             "latency-round-s": latency,
             "latency-total-s": self.latency_total,
+            "modelled-latency-round-s": self.ledger.modelled_latency,
+            "modelled-latency-total-s": self.modelled_latency_total,
             "server-seconds": server,
             "bytes-down": self.ledger.bytes_down,
             "bytes-up": self.ledger.bytes_up,
@@ -297,6 +311,7 @@ class MethodDriver:
                 "rng": meth.rng.bit_generator.state,
                 "recorder": self.recorder.state_dict(),
                 "latency-total": self.latency_total,
+                "modelled-latency-total": self.modelled_latency_total,
                 "method-state": json.loads(json.dumps(meta)),
             },
             tag=f"{rnd:06d}",
@@ -321,4 +336,5 @@ class MethodDriver:
         meth.rng = rng
         self.recorder.load_state_dict(meta["recorder"])
         self.latency_total = float(meta["latency-total"])
+        self.modelled_latency_total = float(meta.get("modelled-latency-total", 0.0))
         return int(meta["rounds-done"])

@@ -28,6 +28,7 @@ from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.faces import SearchFace
 from flwr_pfedrlnas.flower.failures import check_usable_replies, raise_unidentified
 from flwr_pfedrlnas.flower.session import natural_sorted
+from flwr_pfedrlnas.protocol.rounds import DEFAULT_MACS_PER_SECOND
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 from flwr_pfedrlnas.supernets.keep import kept_blocks
@@ -82,6 +83,7 @@ class PerFedRLNASLegacy(SearchFace, Strategy):
         deployed_dir: str | None = None,
         training: TrainingOptions | None = None,
         profiles: ProfileDistribution | None = None,
+        device_macs_per_second: float = DEFAULT_MACS_PER_SECOND,
     ) -> None:
         super().__init__()
         if kept_blocks(family):
@@ -215,6 +217,9 @@ class PerFedRLNASLegacy(SearchFace, Strategy):
                 accuracy=float(metrics.get(m.ACCURACY, float("nan"))),
                 train_loss=float(metrics.get(m.TRAIN_LOSS, float("nan"))),
                 compute_seconds=float(metrics.get(m.COMPUTE_SECONDS, float("nan"))),
+                compute_macs=(
+                    float(metrics[m.COMPUTE_MACS]) if m.COMPUTE_MACS in metrics else None
+                ),
                 peak_memory_bytes=float(metrics.get(m.PEAK_MEMORY_BYTES, 0.0)),
                 memory_budget_bytes=(
                     float(metrics[m.MEMORY_BUDGET_BYTES])

@@ -61,12 +61,13 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def overrun_metrics(
-    peak: float, budget: float | None, seconds: float
+    peak: float, budget: float | None, seconds: float, macs: int = 0
 ) -> tuple[dict[str, float], None]:
     metrics = {
         m.NUM_EXAMPLES: 0,
         m.ACCURACY: 0.0,
         m.COMPUTE_SECONDS: float(seconds),
+        m.COMPUTE_MACS: int(macs),
         m.PEAK_MEMORY_BYTES: float(peak),
         m.MEMORY_OVERRUN: 1,
     }

@@ -25,6 +25,7 @@ __all__ = [
     "BN_RECALIBRATION_BATCHES",
     "CLIENT_STATE_DIR",
     "CLIENT_ID",
+    "COMPUTE_MACS",
     "COMPUTE_SECONDS",
     "FINETUNE_EPOCHS",
     "LOCAL_EPOCHS",
@@ -74,6 +75,8 @@ ACCURACY = "accuracy"
 VAL_ACCURACY = "val-accuracy"
 TRAIN_LOSS = "train-loss"
 COMPUTE_SECONDS = "compute-seconds"
+# MACs of that work, backward passes included (core.cost.ComputeCounter): the modelled latency.
+COMPUTE_MACS = "compute-macs"
 PEAK_MEMORY_BYTES = "peak-memory-bytes"
 # Also server -> client: a simulated device's budget (a node's own setting wins).
 MEMORY_BUDGET_BYTES = "memory-budget-bytes"
@@ -244,6 +247,7 @@ def reply_from_records(
         accuracy=float(metrics[ACCURACY]),
         train_loss=float(metrics.get(TRAIN_LOSS, float("nan"))),
         compute_seconds=float(metrics[COMPUTE_SECONDS]),
+        compute_macs=_optional_number(metrics, COMPUTE_MACS),
         peak_memory_bytes=float(metrics.get(PEAK_MEMORY_BYTES, 0.0)),
         memory_budget_bytes=None if budget is None else float(budget),
         memory_overrun=bool(overrun),

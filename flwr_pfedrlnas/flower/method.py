@@ -16,7 +16,7 @@ from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.driver import MethodDriver
 from flwr_pfedrlnas.flower.replies import check_metrics
 from flwr_pfedrlnas.protocol.results import RunRecorder
-from flwr_pfedrlnas.protocol.rounds import RoundSchedule
+from flwr_pfedrlnas.protocol.rounds import DEFAULT_MACS_PER_SECOND, RoundSchedule
 from flwr_pfedrlnas.protocol.settings import RoundSettings, RoundSettingsAttributes, check_ranges
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 
@@ -91,6 +91,7 @@ class Method(RoundSettingsAttributes):
         configrecord_key: str = "config",
         metricrecord_key: str = "metrics",
         training: TrainingOptions | None = None,
+        device_macs_per_second: float = DEFAULT_MACS_PER_SECOND,
     ) -> None:
         self.settings = RoundSettings.from_kwargs(locals())
         check_ranges(locals(), METHOD_RULES)

@@ -66,6 +66,10 @@ def check_metrics(
             raise ValueError(f"metrics 'num-examples' is {n!r}, not a positive whole number")
     if m.COMPUTE_SECONDS in out and out[m.COMPUTE_SECONDS] < 0:
         raise ValueError(f"metrics 'compute-seconds' is {out[m.COMPUTE_SECONDS]!r}, negative")
+    if m.COMPUTE_MACS in metrics:  # optional: only the modelled latency reads it
+        macs = metrics[m.COMPUTE_MACS]
+        if isinstance(macs, (list, bool)) or not (math.isfinite(float(macs)) and macs >= 0):
+            raise ValueError(f"metrics 'compute-macs' is {macs!r}, not a count >= 0")
     return out
 
 

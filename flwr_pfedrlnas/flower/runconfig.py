@@ -22,7 +22,7 @@ from flwr_pfedrlnas.data.datasets import (
     make_val_loader,
 )
 from flwr_pfedrlnas.flower.failures import validate_min_usable_fraction
-from flwr_pfedrlnas.protocol.rounds import bandwidth_bps_of
+from flwr_pfedrlnas.protocol.rounds import DEFAULT_MACS_PER_SECOND, bandwidth_bps_of
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.supernets.keep import KEEP_KNOB, parse_keep
@@ -216,6 +216,7 @@ def round_settings_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "checkpoint_dir": checkpoint_dir,
         "resume": bool(cfg.get("resume", False)),
         "run_config": dict(cfg),
+        "device_macs_per_second": float(cfg.get("device-macs-per-second", DEFAULT_MACS_PER_SECOND)),
         "training": TrainingOptions.from_run_config(cfg),
     }
 

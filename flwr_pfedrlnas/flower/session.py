@@ -23,7 +23,7 @@ from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower import session_records as records
 from flwr_pfedrlnas.flower.identity import natural_sorted
 from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
-from flwr_pfedrlnas.protocol.rounds import ExchangeLedger, RoundSchedule
+from flwr_pfedrlnas.protocol.rounds import DEFAULT_MACS_PER_SECOND, ExchangeLedger, RoundSchedule
 from flwr_pfedrlnas.protocol.settings import (
     ROUND_SETTINGS,
     RoundSettings,
@@ -72,6 +72,7 @@ class SearchSession(RoundSettingsAttributes):
         num_new_clients: int = 0,
         new_client_rounds: int = 0,
         training: TrainingOptions | None = None,
+        device_macs_per_second: float = DEFAULT_MACS_PER_SECOND,
     ) -> None:
         self.settings = RoundSettings.from_kwargs(locals())
         check_ranges(locals(), SEARCH_RULES)
@@ -81,6 +82,7 @@ class SearchSession(RoundSettingsAttributes):
         self.name = name
         self.recorder = RunRecorder()
         self.latency_total = 0.0
+        self.modelled_latency_total = 0.0
         self.resumed_from = 0
         self.profile_distribution = profiles
         self.num_new_clients = int(num_new_clients)
@@ -102,7 +104,9 @@ class SearchSession(RoundSettingsAttributes):
         self.failures: dict[str, str] = {}
         cfg = self.search.config
         # The round's bytes and simulated time (the server's own included).
-        self.ledger = ExchangeLedger(cfg.bandwidth_down_bps, cfg.bandwidth_up_bps)
+        self.ledger = ExchangeLedger(
+            cfg.bandwidth_down_bps, cfg.bandwidth_up_bps, self.device_macs_per_second
+        )
         self.round_started = time.perf_counter()
 
     def _restore(self, directory: str) -> None:
@@ -111,6 +115,7 @@ class SearchSession(RoundSettingsAttributes):
         extra = state["meta"].get("extra", {})
         self.recorder.load_state_dict(extra.get("recorder", {}))
         self.latency_total = float(extra.get("latency_total", 0.0))
+        self.modelled_latency_total = float(extra.get("modelled_latency_total", 0.0))
         if extra.get("new_clients") is not None:
             self.new_clients = [str(c) for c in extra["new_clients"]]
         self.resumed_from = self.search.completed_rounds
@@ -124,6 +129,7 @@ class SearchSession(RoundSettingsAttributes):
                 extra={
                     "recorder": self.recorder.state_dict(),
                     "latency_total": self.latency_total,
+                    "modelled_latency_total": self.modelled_latency_total,
                     "new_clients": self.new_clients,
                 },
             )
@@ -283,13 +289,33 @@ class SearchSession(RoundSettingsAttributes):
                 outcome.bytes_down[cid] = int(bytes_down[cid])
             if bytes_up is not None and outcome.bytes_up.get(cid, 0) > 0 and cid in bytes_up:
                 outcome.bytes_up[cid] = int(bytes_up[cid])
+        macs = {r.client_id: r.compute_macs for r in replies}
+        modelled = [
+            self._modelled_time(
+                cid, macs.get(cid), outcome.bytes_down.get(cid, 0), outcome.bytes_up.get(cid, 0)
+            )
+            for cid in outcome.round_times
+        ]
         self.ledger.add_exchange(
             sum(outcome.bytes_down.values()),
             sum(outcome.bytes_up.values()),
             outcome.round_times.values(),
+            modelled,
         )
         self.outcome = outcome
         return outcome
+
+    def _modelled_time(self, client_id: str, macs: float | None, down: int, up: int) -> float:
+        """A client's modelled time on its simulated device (NaN without a MAC count)."""
+        profile = self.search.profiles.get(str(client_id))
+        return self.ledger.modelled_time(
+            float("nan") if macs is None else macs,
+            down,
+            up,
+            profile.speed_factor if profile else 1.0,
+            profile.bandwidth_down_bps if profile else None,
+            profile.bandwidth_up_bps if profile else None,
+        )
 
     def train_metrics(self) -> dict[str, float | int]:
         """Aggregated metrics of the round's training replies."""
@@ -342,6 +368,7 @@ class SearchSession(RoundSettingsAttributes):
     ) -> dict[str, Any]:
         """Append the round's row (with ``extra`` fields), log it, write results, checkpoint."""
         self.latency_total += self.ledger.latency
+        self.modelled_latency_total += self.ledger.modelled_latency
         row = records.round_row(self, server_round, accuracies, extra)
         self.recorder.add_round(row)
         records.log_round(self, row, len(accuracies))

@@ -54,6 +54,8 @@ def round_row(
         "finetune-epochs": session.finetune_epochs_at(server_round) if accuracies else 0,
         "latency-round-s": ledger.latency,
         "latency-total-s": session.latency_total,
+        "modelled-latency-round-s": ledger.modelled_latency,
+        "modelled-latency-total-s": session.modelled_latency_total,
         "server-seconds": ledger.server_seconds,
         "bytes-down": ledger.bytes_down,
         "bytes-up": ledger.bytes_up,

@@ -32,6 +32,7 @@ from flwr_pfedrlnas.flower.search_replies import (
     parse_train_reply,
     serialised_bytes,
 )
+from flwr_pfedrlnas.protocol.rounds import DEFAULT_MACS_PER_SECOND
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
 
@@ -168,6 +169,7 @@ class PerFedRLNAS(SearchFace, Strategy):
         diagnostic_subnets: int = 0,
         diagnose_every: int = 0,
         training: TrainingOptions | None = None,
+        device_macs_per_second: float = DEFAULT_MACS_PER_SECOND,
     ) -> None:
         self._start_session(family, search_config, "PerFedRLNAS", locals())
         self.min_available_nodes = int(min_available_nodes)

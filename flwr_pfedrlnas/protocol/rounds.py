@@ -11,6 +11,7 @@ import numpy as np
 from flwr_pfedrlnas.core.rewards import DEFAULT_BANDWIDTH_BPS, round_time
 
 __all__ = [
+    "DEFAULT_MACS_PER_SECOND",
     "ExchangeLedger",
     "RoundSchedule",
     "bandwidth_bps_of",
@@ -18,6 +19,10 @@ __all__ = [
     "natural_sorted",
     "seeded_sample",
 ]
+
+
+# The modelled device's sustained rate: 1 GMAC/s, a modest mobile CPU.
+DEFAULT_MACS_PER_SECOND = 1e9
 
 
 def natural_key(client_id: str) -> tuple[int, int, str]:
@@ -111,31 +116,73 @@ class ExchangeLedger:
     received and sent (as serialised by the framework) and the slowest
     client's compute + transfer time; the round's simulated latency is the sum
     over its exchanges plus the server's own time.
+
+    Beside it runs the modelled latency, which no load on the machine can
+    change: each client's compute is the MACs it reports (``compute-macs``,
+    counted by :class:`~flwr_pfedrlnas.core.cost.ComputeCounter`) over
+    ``macs_per_second`` (times its device's speed factor), plus the same
+    transfer time; the slowest client per exchange, summed over exchanges, the
+    server's time left out. NaN for a round in which a usable reply lacked the
+    count.
     """
 
     bandwidth_down_bps: float = DEFAULT_BANDWIDTH_BPS
     bandwidth_up_bps: float = DEFAULT_BANDWIDTH_BPS
+    macs_per_second: float = DEFAULT_MACS_PER_SECOND
     bytes_down: int = 0
     bytes_up: int = 0
     exchange_seconds: list[float] = field(default_factory=list)
+    modelled_seconds: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     server_seconds: float = 0.0
 
     def client_time(self, compute_seconds: float, down: int, up: int) -> float:
         return round_time(compute_seconds, down, up, self.bandwidth_down_bps, self.bandwidth_up_bps)
 
+    def modelled_time(
+        self,
+        compute_macs: float,
+        down: int,
+        up: int,
+        speed_factor: float = 1.0,
+        bandwidth_down_bps: float | None = None,
+        bandwidth_up_bps: float | None = None,
+    ) -> float:
+        """One client's modelled time: ``MACs / macs_per_second x speed + bytes / bandwidth``.
+
+        NaN when ``compute_macs`` is (a reply without the count); the
+        bandwidths default to the ledger's.
+        """
+        return round_time(
+            float(compute_macs) / self.macs_per_second * float(speed_factor),
+            down,
+            up,
+            bandwidth_down_bps or self.bandwidth_down_bps,
+            bandwidth_up_bps or self.bandwidth_up_bps,
+        )
+
     def add_exchange(
-        self, bytes_down: int, bytes_up: int, client_seconds: Iterable[float]
+        self,
+        bytes_down: int,
+        bytes_up: int,
+        client_seconds: Iterable[float],
+        modelled_seconds: Iterable[float] = (),
     ) -> float:
         """Record one exchange: all bytes sent and received, and each usable client's time.
 
         Bytes count whatever became of the reply (a refused upload still used
         the link); the exchange lasts as long as its slowest usable client.
+        ``modelled_seconds`` are the same clients' modelled times (a NaN
+        among them makes the exchange's NaN).
         """
         self.bytes_down += int(bytes_down)
         self.bytes_up += int(bytes_up)
         slowest = max(client_seconds, default=0.0)
         self.exchange_seconds.append(float(slowest))
+        modelled = [float(t) for t in modelled_seconds]
+        self.modelled_seconds.append(
+            float("nan") if any(math.isnan(t) for t in modelled) else max(modelled, default=0.0)
+        )
         return float(slowest)
 
     def fail(self, who: str, reason: str) -> None:
@@ -144,3 +191,8 @@ class ExchangeLedger:
     @property
     def latency(self) -> float:
         return float(sum(self.exchange_seconds) + self.server_seconds)
+
+    @property
+    def modelled_latency(self) -> float:
+        """The round's modelled latency: its exchanges', no server time (see the class)."""
+        return float(sum(self.modelled_seconds))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from flwr_pfedrlnas.protocol.rounds import DEFAULT_MACS_PER_SECOND
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 
 __all__ = [
@@ -37,6 +39,7 @@ ROUND_RULES: dict[str, Rule] = {
     "batch_size": lambda v: v >= 1,
     "evaluate_every": lambda v: v >= 1,
     "bn_recalibration_batches": lambda v: v >= -1,
+    "device_macs_per_second": lambda v: math.isfinite(v) and v > 0,
 }
 
 
@@ -65,6 +68,10 @@ class RoundSettings:
         Continue from the checkpoint in ``checkpoint_dir`` when there is one.
     run_config : Mapping | None (default: None)
         Settings recorded verbatim in config.json (``None``: none).
+    device_macs_per_second : float (default: 1e9)
+        The modelled device's rate for the modelled latency, which every run
+        records beside the measured one: a client's compute is the MACs it
+        reports over this rate (:class:`~flwr_pfedrlnas.protocol.rounds.ExchangeLedger`).
     training : TrainingOptions | None (default: None)
         The clients' learning-rate schedule across rounds, optimiser and label
         smoothing (:class:`~flwr_pfedrlnas.protocol.training_options.TrainingOptions`);
@@ -85,6 +92,7 @@ class RoundSettings:
     checkpoint_dir: str | None = None
     resume: bool = False
     run_config: Mapping[str, Any] | None = None
+    device_macs_per_second: float = DEFAULT_MACS_PER_SECOND
     training: TrainingOptions | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +106,7 @@ class RoundSettings:
             "bn_recalibration_batches": int(self.bn_recalibration_batches),
             "resume": bool(self.resume),
             "run_config": dict(self.run_config or {}),
+            "device_macs_per_second": float(self.device_macs_per_second),
             "training": self.training or TrainingOptions(),
         }
         for name, value in normalised.items():
@@ -150,4 +159,5 @@ class RoundSettingsAttributes:
     checkpoint_dir: str | None = _Setting()  # type: ignore[assignment]
     resume: bool = _Setting()  # type: ignore[assignment]
     run_config: dict[str, Any] = _Setting()  # type: ignore[assignment]
+    device_macs_per_second: float = _Setting()  # type: ignore[assignment]
     training: TrainingOptions = _Setting()  # type: ignore[assignment]

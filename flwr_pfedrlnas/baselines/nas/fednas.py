@@ -23,6 +23,7 @@ from flwr_pfedrlnas.baselines.nas.base import (
 from flwr_pfedrlnas.baselines.nas.client import register_step
 from flwr_pfedrlnas.baselines.nas.darts_mixed import MixedDARTS, derive_architecture, zero_alphas
 from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, merge_subnets
+from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
@@ -181,24 +182,25 @@ def darts_search_train(
         weight_decay=float(config.get(ARCH_WEIGHT_DECAY, 1e-3)),
     )
     start = time.perf_counter()
-    model.train()
-    total, n_weight = 0.0, 0
-    for _ in range(epochs):
-        for i, (images, labels) in enumerate(train_loader):
-            images, labels = images.to(device), labels.to(device)
-            if i % 2 == 1:  # architecture step on a held-out batch (first order)
-                a_opt.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(model(images), labels).backward()
-                a_opt.step()
-                continue
-            w_opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.weight_parameters(), 5.0)
-            w_opt.step()
-            total += float(loss.detach()) * labels.shape[0]
-            n_weight += int(labels.shape[0])
-    _, accuracy, _ = evaluate(model, test_loader, device=device)
+    with ComputeCounter() as counted:  # MACs of the work timed (modelled latency)
+        model.train()
+        total, n_weight = 0.0, 0
+        for _ in range(epochs):
+            for i, (images, labels) in enumerate(train_loader):
+                images, labels = images.to(device), labels.to(device)
+                if i % 2 == 1:  # architecture step on a held-out batch (first order)
+                    a_opt.zero_grad(set_to_none=True)
+                    torch.nn.functional.cross_entropy(model(images), labels).backward()
+                    a_opt.step()
+                    continue
+                w_opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(images), labels)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.weight_parameters(), 5.0)
+                w_opt.step()
+                total += float(loss.detach()) * labels.shape[0]
+                n_weight += int(labels.shape[0])
+        _, accuracy, _ = evaluate(model, test_loader, device=device)
     compute = time.perf_counter() - start
     num_examples = len(getattr(train_loader, "dataset", [])) or n_weight
     content = RecordDict(
@@ -211,6 +213,7 @@ def darts_search_train(
                     m.ACCURACY: float(accuracy),
                     m.TRAIN_LOSS: total / n_weight if n_weight else float("nan"),
                     m.COMPUTE_SECONDS: float(compute),
+                    m.COMPUTE_MACS: int(counted.macs),
                 }
             ),
             "config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)}),

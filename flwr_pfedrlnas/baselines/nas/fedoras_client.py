@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch.utils.data import DataLoader
 
 from flwr_pfedrlnas.baselines.nas.client import register_step
+from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.core.search_space import architecture_from_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
@@ -80,14 +81,15 @@ def evaluate_candidates(
     scoring, recalibration = batches[:score_batches], batches[score_batches:]
     if not recalibration:
         recalibration = scoring
-    accuracies, num_examples = [], 0
-    for i, arch in enumerate(archs):
-        model = family.build_subnet(arch)
-        model.load_state_dict(msg.content[candidate_key(i)].to_torch_state_dict(), strict=True)
-        if bn_batches != 0:
-            recalibrate_batchnorm(model, recalibration, None, device)
-        _, accuracy, num_examples = evaluate(model, scoring, device=device)
-        accuracies.append(float(accuracy))
+    with ComputeCounter() as counted:  # MACs of the work timed (modelled latency)
+        accuracies, num_examples = [], 0
+        for i, arch in enumerate(archs):
+            model = family.build_subnet(arch)
+            model.load_state_dict(msg.content[candidate_key(i)].to_torch_state_dict(), strict=True)
+            if bn_batches != 0:
+                recalibrate_batchnorm(model, recalibration, None, device)
+            _, accuracy, num_examples = evaluate(model, scoring, device=device)
+            accuracies.append(float(accuracy))
     content = RecordDict(
         {
             "metrics": MetricRecord(
@@ -95,6 +97,7 @@ def evaluate_candidates(
                     ACCURACIES: accuracies,
                     m.NUM_EXAMPLES: int(num_examples),
                     m.COMPUTE_SECONDS: time.perf_counter() - start,
+                    m.COMPUTE_MACS: int(counted.macs),
                 }
             ),
             "config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)}),

@@ -35,6 +35,7 @@ from flwr_pfedrlnas.baselines.nas.spider_search import (
     proximal_train,
     select_edges,
 )
+from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower.client import client_id_from_context
@@ -147,42 +148,45 @@ def spider_train(
     client-id, arch (JSON of the decided edges), decided-edges.
     """
     start = time.perf_counter()
-    config = msg.content["config"]
-    family = _family_of(config)
-    cid = client_id_from_context(context)
-    epochs = _nonnegative_int(config, m.LOCAL_EPOCHS, 1)
-    lr = float(config.get(m.LR, 0.05))
-    lam = float(config.get(LAMBDA, 0.1))
-    per_step = _nonnegative_int(config, EDGES_PER_STEP, 1)
-    val_batches = _nonnegative_int(config, VAL_BATCHES, 2)
-    warmup = _nonnegative_int(config, WARMUP, 1)
-    seed = _nonnegative_int(config, SEED, 0)
-    server_round = _nonnegative_int(config, m.SERVER_ROUND, 0)
-    received = msg.content["arrays"].to_torch_state_dict()
+    with ComputeCounter() as counted:  # MACs of the work timed (modelled latency)
+        config = msg.content["config"]
+        family = _family_of(config)
+        cid = client_id_from_context(context)
+        epochs = _nonnegative_int(config, m.LOCAL_EPOCHS, 1)
+        lr = float(config.get(m.LR, 0.05))
+        lam = float(config.get(LAMBDA, 0.1))
+        per_step = _nonnegative_int(config, EDGES_PER_STEP, 1)
+        val_batches = _nonnegative_int(config, VAL_BATCHES, 2)
+        warmup = _nonnegative_int(config, WARMUP, 1)
+        seed = _nonnegative_int(config, SEED, 0)
+        server_round = _nonnegative_int(config, m.SERVER_ROUND, 0)
+        received = msg.content["arrays"].to_torch_state_dict()
 
-    # (1) Global part: the whole supernet, every edge an equal mixture.
-    global_model = MixedDARTS(family, weights=onehot_weights(family, {}))
-    global_model.net.load_state_dict(received, strict=True)
-    result = train(global_model, train_loader, epochs, lr, device=device, measure_memory=False)
-    global_state = _module_state(global_model)
-    del global_model
+        # (1) Global part: the whole supernet, every edge an equal mixture.
+        global_model = MixedDARTS(family, weights=onehot_weights(family, {}))
+        global_model.net.load_state_dict(received, strict=True)
+        result = train(global_model, train_loader, epochs, lr, device=device, measure_memory=False)
+        global_state = _module_state(global_model)
+        del global_model
 
-    # (2) Local search on the personal model.
-    personal, decided, participations = _load_personal(context, family, set(received))
-    if personal is None:
-        personal = {k: v.clone() for k, v in received.items()}
-    participations += 1
-    if participations > warmup:
-        undecided = [n for n in family.search_space.names if n not in decided]
-        edges = edge_order(undecided, seed, cid, server_round)[:per_step]
-        decided = select_edges(family, personal, decided, edges, train_loader, val_batches, device)
+        # (2) Local search on the personal model.
+        personal, decided, participations = _load_personal(context, family, set(received))
+        if personal is None:
+            personal = {k: v.clone() for k, v in received.items()}
+        participations += 1
+        if participations > warmup:
+            undecided = [n for n in family.search_space.names if n not in decided]
+            edges = edge_order(undecided, seed, cid, server_round)[:per_step]
+            decided = select_edges(
+                family, personal, decided, edges, train_loader, val_batches, device
+            )
 
-    # (3) Personal training with the proximal pull towards the received supernet.
-    model, params = personal_module(family, personal, decided)
-    loss, _ = proximal_train(model, params, received, train_loader, epochs, lr, lam, device)
-    personal.update(_module_state(model))
-    _, accuracy, _ = evaluate(model, test_loader, device=device)
-    _save_personal(context, family, personal, decided, participations)
+        # (3) Personal training with the proximal pull towards the received supernet.
+        model, params = personal_module(family, personal, decided)
+        loss, _ = proximal_train(model, params, received, train_loader, epochs, lr, lam, device)
+        personal.update(_module_state(model))
+        _, accuracy, _ = evaluate(model, test_loader, device=device)
+        _save_personal(context, family, personal, decided, participations)
 
     num_examples = result.num_examples or len(getattr(train_loader, "dataset", []))
     metrics = {
@@ -191,6 +195,7 @@ def spider_train(
         m.TRAIN_LOSS: float(loss),
         "global-train-loss": float(result.loss),
         m.COMPUTE_SECONDS: float(time.perf_counter() - start),
+        m.COMPUTE_MACS: int(counted.macs),
     }
     content = RecordDict(
         {
