@@ -268,3 +268,21 @@ def test_schedule_numbers_rounds_across_a_resume():
     assert schedule.is_last_round(7) and not schedule.is_last_round(6)
     with pytest.raises(ValueError, match="evaluate_every must be an integer >= 1, got 0"):
         RoundSchedule(3, evaluate_every=0)
+
+
+def test_a_resumed_run_keeps_the_column_order_of_rounds_csv():
+    import json
+
+    from flwr_pfedrlnas.protocol.results import RunRecorder
+
+    recorder = RunRecorder()
+    recorder.add_round({"round": 1, "phase": "train", "accuracy-mean": 0.5})
+    recorder.add_round({"round": 2, "phase": "train", "accuracy-mean": 0.6, "extra": 1})
+    recorder.set_client("3", {"round": 2, "accuracy": 0.7})
+    # The checkpoint's JSON is written with sorted keys.
+    state = json.loads(json.dumps(recorder.state_dict(), sort_keys=True))
+    again = RunRecorder()
+    again.load_state_dict(state)
+    assert list(again.rounds_frame().columns) == ["round", "phase", "accuracy-mean", "extra"]
+    assert list(again.clients_frame().columns) == ["round", "accuracy", "client-id"]
+    assert again.rounds == recorder.rounds

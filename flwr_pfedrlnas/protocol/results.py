@@ -55,11 +55,29 @@ class RunRecorder:
         return pd.DataFrame(rows)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "clients": self.clients}
+        """Rows and clients, with the columns' order (a JSON writer may sort the keys)."""
+        columns = list(dict.fromkeys(k for r in self.rounds for k in r))
+        client_columns = list(dict.fromkeys(k for r in self.clients.values() for k in r))
+        return {
+            "rounds": self.rounds,
+            "clients": self.clients,
+            "columns": columns,
+            "client-columns": client_columns,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.rounds = [dict(r) for r in state.get("rounds", [])]
-        self.clients = {str(k): dict(v) for k, v in state.get("clients", {}).items()}
+        """Restore :meth:`state_dict`'s rows, each in the recorded column order."""
+
+        def ordered(row: Mapping[str, Any], columns: list[str]) -> dict[str, Any]:
+            first = {k: row[k] for k in columns if k in row}
+            return {**first, **{k: v for k, v in row.items() if k not in first}}
+
+        columns = list(state.get("columns", []))
+        client_columns = list(state.get("client-columns", []))
+        self.rounds = [ordered(r, columns) for r in state.get("rounds", [])]
+        self.clients = {
+            str(k): ordered(v, client_columns) for k, v in state.get("clients", {}).items()
+        }
 
 
 def plot_accuracy(
