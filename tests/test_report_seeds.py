@@ -89,3 +89,16 @@ def test_time_to_reach_is_nan_when_never_reached():
     rounds = _run("x-s0", "fedrep", {10: 0.5, 20: 0.6}, 0.1, 0.5).rounds
     assert time_to_reach(rounds, 0.6) == 200.0
     assert math.isnan(time_to_reach(rounds, 0.61))
+
+
+def test_seed_plot_has_the_modelled_time_panel(tmp_path):
+    from flwr_pfedrlnas.experiments.report_seeds import plot_seed_curves
+
+    runs = [
+        _run("a-s0", "pfedrlnas", {10: 0.5, 20: 0.6}, 0.1, 0.5, 4.0),
+        _run("a-s1", "pfedrlnas", {10: 0.5, 20: 0.7}, 0.1, 0.5),  # predates the model
+        _run("b-s0", "fedrep", {10: 0.4, 20: 0.6}, 0.1, 0.5),
+    ]
+    path = plot_seed_curves(runs, tmp_path / "seeds.png", "t")
+    assert path is not None and path.stat().st_size > 1000
+    assert plot_seed_curves(runs[2:], tmp_path / "none.png", "t").stat().st_size > 1000

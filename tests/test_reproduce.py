@@ -178,6 +178,8 @@ def test_report_numbers_from_synthetic_csvs(tmp_path):
         "theorem1.png",
     ):
         assert written[name].stat().st_size > 1000, name
+    # No synthetic run records a modelled latency: that plot is not written.
+    assert "accuracy_vs_modelled_latency.png" not in written
 
 
 def test_tier_table_shows_the_last_round_per_tier(tmp_path):

@@ -14,6 +14,7 @@ from flwr_pfedrlnas.experiments.report_theorem1 import theorem1_statistics
 
 __all__ = [
     "plot_accuracy_vs_latency",
+    "plot_accuracy_vs_modelled_latency",
     "plot_accuracy_vs_round",
     "plot_client_accuracy",
     "plot_theorem1",
@@ -87,6 +88,19 @@ def plot_accuracy_vs_latency(
         "latency-total-s",
         "simulated wall clock, latency-total-s (s)",
         title or "Accuracy against simulated wall clock",
+    )
+
+
+def plot_accuracy_vs_modelled_latency(
+    results: Sequence[MethodResult], path: str | os.PathLike, title: str = ""
+) -> Path | None:
+    """Accuracy against the modelled latency (MACs, no load); ``None`` if no run has it."""
+    return _plot_curves(
+        results,
+        Path(path),
+        "modelled-latency-total-s",
+        "modelled time, modelled-latency-total-s (s)",
+        title or "Accuracy against modelled time",
     )
 
 

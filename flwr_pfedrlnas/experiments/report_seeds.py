@@ -239,15 +239,21 @@ def _pm(mean: float, std: float) -> str:
 def plot_seed_curves(
     results: Sequence[MethodResult], path: str | os.PathLike, title: str
 ) -> Path | None:
-    """Mean over seeds of each row's accuracy against round and against simulated time."""
+    """Mean over seeds of each row's accuracy against round, simulated and modelled time.
+
+    The modelled-time panel takes, per row, the seeds whose runs record it.
+    """
     groups = seed_groups(results)
     if not groups:
         return None
     plt = _pyplot()
-    fig, (by_round, by_time) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (by_round, by_time, by_model) = plt.subplots(1, 3, figsize=(18, 4.8))
+    drawn_model = 0
     for runs in groups.values():
         curves = [
-            evaluated_rounds(r.rounds)[["round", "accuracy-mean", "latency-total-s"]]
+            evaluated_rounds(r.rounds).reindex(
+                columns=["round", "accuracy-mean", MEASURED, MODELLED]
+            )
             for _, r in runs
         ]
         curves = [c for c in curves if len(c)]
@@ -256,12 +262,26 @@ def plot_seed_curves(
         joined = pd.concat(curves).groupby("round").mean().reset_index()
         label = f"{_LABEL_SEED.sub('', runs[0][1].label)} ({len(curves)} seeds)"
         (line,) = by_round.plot(joined["round"], joined["accuracy-mean"], marker=".", label=label)
-        by_time.plot(
-            joined["latency-total-s"], joined["accuracy-mean"], marker=".", color=line.get_color()
-        )
+        by_time.plot(joined[MEASURED], joined["accuracy-mean"], marker=".", color=line.get_color())
+        modelled = [c for c in curves if c[MODELLED].notna().all()]
+        if modelled:
+            model = pd.concat(modelled).groupby("round").mean().reset_index()
+            by_model.plot(
+                model[MODELLED],
+                model["accuracy-mean"],
+                marker=".",
+                color=line.get_color(),
+                label=f"{len(modelled)} seeds",
+            )
+            drawn_model += 1
     by_round.set_xlabel("round")
-    by_time.set_xlabel("simulated time (s)")
-    for ax in (by_round, by_time):
+    by_time.set_xlabel("simulated time (s), measured compute")
+    by_model.set_xlabel("modelled time (s), compute from MACs")
+    if drawn_model:
+        by_model.legend(fontsize=7, loc="lower right")
+    else:
+        by_model.text(0.5, 0.5, "no run records a modelled time", ha="center", va="center")
+    for ax in (by_round, by_time, by_model):
         ax.set_ylabel("mean accuracy over clients (mean over seeds)")
         ax.grid(alpha=0.3)
     by_round.legend(fontsize=7, loc="lower right")
