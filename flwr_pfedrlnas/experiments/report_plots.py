@@ -14,7 +14,6 @@ from flwr_pfedrlnas.experiments.report_theorem1 import theorem1_statistics
 
 __all__ = [
     "plot_accuracy_vs_latency",
-    "plot_accuracy_vs_modelled_latency",
     "plot_accuracy_vs_round",
     "plot_client_accuracy",
     "plot_theorem1",
@@ -78,30 +77,29 @@ def plot_accuracy_vs_round(
     return _plot_curves(results, Path(path), "round", "round", title or "Accuracy against round")
 
 
-def plot_accuracy_vs_latency(
-    results: Sequence[MethodResult], path: str | os.PathLike, title: str = ""
-) -> Path | None:
-    """Accuracy (mean with a ±std band) against the simulated wall clock."""
-    return _plot_curves(
-        results,
-        Path(path),
-        "latency-total-s",
-        "simulated wall clock, latency-total-s (s)",
-        title or "Accuracy against simulated wall clock",
-    )
-
-
-def plot_accuracy_vs_modelled_latency(
-    results: Sequence[MethodResult], path: str | os.PathLike, title: str = ""
-) -> Path | None:
-    """Accuracy against the modelled latency (MACs, no load); ``None`` if no run has it."""
-    return _plot_curves(
-        results,
-        Path(path),
-        "modelled-latency-total-s",
+# The time axes a report can plot accuracy against: column, axis label, title.
+TIME_AXES = {
+    "latency-total-s": ("simulated wall clock, latency-total-s (s)", "simulated wall clock"),
+    "modelled-latency-total-s": (
         "modelled time, modelled-latency-total-s (s)",
-        title or "Accuracy against modelled time",
-    )
+        "modelled time (MACs)",
+    ),
+}
+
+
+def plot_accuracy_vs_latency(
+    results: Sequence[MethodResult],
+    path: str | os.PathLike,
+    title: str = "",
+    column: str = "latency-total-s",
+) -> Path | None:
+    """Accuracy (mean with a ±std band) against a time axis of :data:`TIME_AXES`.
+
+    ``column``: the simulated wall clock (default) or the modelled time; ``None``
+    when no run records the column.
+    """
+    xlabel, name = TIME_AXES[column]
+    return _plot_curves(results, Path(path), column, xlabel, title or f"Accuracy against {name}")
 
 
 def plot_client_accuracy(
