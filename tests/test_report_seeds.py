@@ -49,12 +49,13 @@ def test_mean_and_std_over_seeds_and_the_time_to_the_best_baseline():
     runs = [
         # Ours: seeds end at 0.80 and 0.90 (mean 0.85, population std 0.05); the
         # baseline's best mean is 0.82, reached at round 18 (180 s) and round 19 (190 s).
-        # Modelled: 4 s per round for ours, 5 for b1, none for b2 (a run before the model).
+        # Modelled: 4 s per round for ours, 5 for b1-s0, none for b1-s1 and b2 (runs
+        # before the model).
         _run("ours-s0", "pfedrlnas", {17: 0.70, 18: 0.79, 19: 0.82, 20: 0.80}, 0.04, 0.6, 4.0),
         _run("ours-s1", "pfedrlnas", {17: 0.70, 18: 0.83, 19: 0.85, 20: 0.90}, 0.06, 0.8, 4.0),
         # Baselines: b1 ends at 0.82 and 0.82; b2 at 0.70 (never the target).
         _run("b1-s0", "fedrep", {18: 0.81, 19: 0.815, 20: 0.82}, 0.10, 0.5, 5.0),
-        _run("b1-s1", "fedrep", {18: 0.81, 19: 0.815, 20: 0.82}, 0.12, 0.5, 5.0),
+        _run("b1-s1", "fedrep", {18: 0.81, 19: 0.815, 20: 0.82}, 0.12, 0.5),
         _run("b2-s0", "local", {19: 0.69, 20: 0.70}, 0.2, 0.5),
     ]
     table = seed_table(runs).set_index("row")
@@ -68,7 +69,8 @@ def test_mean_and_std_over_seeds_and_the_time_to_the_best_baseline():
     assert math.isclose(table.loc["ours", "time-to-target-s"], 185.0)
     assert math.isclose(table.loc["b1", "time-to-target-s"], 200.0)
     assert math.isclose(table.loc["ours", "modelled-time-to-target-s"], (19 * 4 + 18 * 4) / 2)
-    assert math.isclose(table.loc["b1", "modelled-time-to-target-s"], 100.0)
+    assert math.isclose(table.loc["b1", "modelled-time-to-target-s"], 100.0)  # seed 0 only
+    assert table.loc["b1", "modelled-seeds"] == 1
     assert math.isclose(table.loc["ours", "modelled-latency-total-s"], 80.0)
     assert math.isnan(table.loc["b2", "modelled-latency-total-s"])
     assert math.isnan(table.loc["b2", "deployed-std-seeds"])  # one seed: no spread
@@ -81,6 +83,7 @@ def test_mean_and_std_over_seeds_and_the_time_to_the_best_baseline():
     lines = seed_markdown(table.reset_index())
     assert "| ours label | 0 1 | 0.850 ± 0.050 | 0.050 | 0.700 ± 0.100 | 0/2 |" in lines[2]
     assert lines[2].endswith("| 185 | 80 | 74 | — |")
+    assert lines[3].endswith("| 200 | 100 (1 of 2 seeds) | 100 (1 of 2 seeds) | — |")
     assert lines[4].endswith("| not reached | — | — | — |")
     assert "Best baseline's accuracy: 0.820" in lines[-1]
 

@@ -48,6 +48,7 @@ SEED_COLUMNS = [
     "time-to-target-s",
     "modelled-latency-total-s",
     "modelled-time-to-target-s",
+    "modelled-seeds",
     "search-gain",
 ]
 MEASURED, MODELLED = "latency-total-s", "modelled-latency-total-s"
@@ -104,8 +105,8 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
     rule, as ``k/n`` (and how many are undetermined); ``target``: the best deployed
     mean of the baselines (rows whose run-config method is not ``pfedrlnas``), and
     ``time-to-target-s`` the mean over seeds of :func:`time_to_reach` (NaN if a seed
-    never reaches it); the ``modelled-*`` columns the same on the modelled latency
-    (NaN for runs that predate it).
+    never reaches it); the ``modelled-*`` columns the same on the modelled latency,
+    over the ``modelled-seeds`` runs that record it.
     """
     groups = seed_groups(results)
     finals: dict[str, list[pd.Series]] = {}
@@ -123,11 +124,10 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
         spread = np.array([f.get("accuracy-std", math.nan) for f in finals[row]], dtype=float)
         trained = np.array([trained_accuracy(r.rounds) for _, r in runs], dtype=float)
         rules = [convergence(r.rounds)[1] for _, r in runs]
-        reach, modelled_reach = (
-            [[time_to_reach(r.rounds, target, c) for _, r in runs] for c in (MEASURED, MODELLED)]
-            if math.isfinite(target)
-            else ([], [])
-        )
+        # The modelled columns over the seeds whose runs record the modelled latency.
+        timed = [r for _, r in runs if MODELLED in r.rounds.columns]
+        reach = [time_to_reach(r.rounds, target) for _, r in runs]
+        modelled_reach = [time_to_reach(r, target, MODELLED) for r in (t.rounds for t in timed)]
         gains = [float(f["search-gain"]) for f in finals[row] if not pd.isna(f.get("search-gain"))]
         first = runs[0][1]
         rows.append(
@@ -143,11 +143,12 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
                 "converged": _rule_cell(rules),
                 "latency-total-s": _mean(np.array([_total_latency(r) for _, r in runs])),
                 "target": target,
-                "time-to-target-s": float(np.mean(reach)) if reach else float("nan"),
-                "modelled-latency-total-s": _mean_all(
-                    np.array([_total_latency(r, MODELLED) for _, r in runs])
+                "time-to-target-s": _mean_all(np.array(reach)),
+                "modelled-latency-total-s": _mean(
+                    np.array([_total_latency(r, MODELLED) for r in timed])
                 ),
                 "modelled-time-to-target-s": _mean_all(np.array(modelled_reach)),
+                "modelled-seeds": len(timed),
                 "search-gain": float(np.mean(gains)) if gains else float("nan"),
             }
         )
@@ -218,10 +219,18 @@ def _seed_cells(row: dict) -> list[str]:
         str(row["converged"]),
         format_cell(row["latency-total-s"], 0),
         "not reached" if not math.isfinite(reach) else format_cell(reach, 0),
-        format_cell(row["modelled-latency-total-s"], 0),
-        _reach_cell(row["modelled-time-to-target-s"], row["modelled-latency-total-s"]),
+        _of_seeds(format_cell(row["modelled-latency-total-s"], 0), row),
+        _of_seeds(
+            _reach_cell(row["modelled-time-to-target-s"], row["modelled-latency-total-s"]), row
+        ),
         format_cell(row["search-gain"], 3),
     ]
+
+
+def _of_seeds(cell: str, row: dict) -> str:
+    """A modelled cell, naming its seeds where not every seed's run records the model."""
+    timed, seeds = int(row["modelled-seeds"]), len(str(row["seeds"]).split())
+    return cell if timed in (0, seeds) else f"{cell} ({timed} of {seeds} seeds)"
 
 
 def _reach_cell(reach: float, total: float) -> str:
