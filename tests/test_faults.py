@@ -326,6 +326,11 @@ BAD_REPLIES = {
         _metric(m.COMPUTE_SECONDS, float("inf")),
         "compute-seconds is inf, out of range",
     ),
+    "compute-macs-negative": (
+        _metric(m.COMPUTE_MACS, -1.0),
+        "compute-macs is -1.0, out of range",
+    ),
+    "compute-macs-nan": (_metric(m.COMPUTE_MACS, float("nan")), "compute-macs is nan"),
     "peak-memory-negative": (
         _metric(m.PEAK_MEMORY_BYTES, -1.0),
         "peak-memory-bytes is -1.0, out of range",

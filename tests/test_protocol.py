@@ -154,6 +154,11 @@ def _missing(reply, msg):
     return "lack 'num-examples'"
 
 
+def _macs(reply, msg):
+    reply.content["metrics"][m.COMPUTE_MACS] = -5
+    return "'compute-macs' is -5"
+
+
 FAULTS = {
     "other-client": _other_client,
     "stale": _stale,
@@ -161,6 +166,7 @@ FAULTS = {
     "nan": _nan,
     "accuracy": _accuracy,
     "missing-metric": _missing,
+    "negative-macs": _macs,
 }
 
 
