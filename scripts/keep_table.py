@@ -36,6 +36,8 @@ def collect(root: Path) -> pd.DataFrame:
     rows = []
     for run in sorted(p for p in root.iterdir() if (p / "checkpoint" / "state.json").exists()):
         state = json.loads((run / "checkpoint" / "state.json").read_text())
+        if "policies" not in state:  # a baseline's checkpoint: no search, nothing kept
+            continue
         try:
             clients = pd.read_csv(run / "clients.csv")
         except (FileNotFoundError, pd.errors.EmptyDataError):  # no evaluation yet

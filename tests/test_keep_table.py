@@ -1,0 +1,48 @@
+"""scripts/keep_table.py: which blocks each client keeps, read from a run directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "keep_table.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("keep_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(root: Path, name: str, state: dict, archs: dict[str, dict] | None = None) -> None:
+    (root / name / "checkpoint").mkdir(parents=True)
+    (root / name / "checkpoint" / "state.json").write_text(json.dumps(state))
+    if archs is not None:
+        rows = [{"client-id": c, "arch": json.dumps(a)} for c, a in archs.items()]
+        pd.DataFrame(rows).to_csv(root / name / "clients.csv", index=False)
+
+
+def test_reads_the_kept_blocks_and_passes_over_a_baseline(tmp_path):
+    # Logits (0, ln 3): P(personal) = 3 / (1 + 3) = 0.75; (0, 0): 0.5.
+    policies = {
+        "0": {
+            "alpha": {"keep.classifier": [0.0, math.log(3)], "stage1.kernel": [0, 0]},
+            "steps": 7,
+        },
+        "1": {"alpha": {"keep.classifier": [0.0, 0.0], "stage1.kernel": [0, 0]}, "steps": 5},
+    }
+    search = {"completed_rounds": 10, "policies": policies}
+    archs = {"0": {"keep.classifier": "personal"}, "1": {"keep.classifier": "shared"}}
+    _run(tmp_path, "keep-s0", search, archs)
+    _run(tmp_path, "fedrep-s0", {"method": "fedrep", "rounds-done": 10})  # no policies
+    rows = _module().collect(tmp_path)
+    assert list(rows["run"]) == ["keep-s0", "keep-s0"]
+    assert list(rows["block"]) == ["classifier", "classifier"]
+    assert rows["p-personal"].tolist() == [0.75, 0.5]
+    assert list(rows["deployed"]) == ["personal", "shared"]
+    assert list(rows["seed"]) == [0, 0] and list(rows["policy-steps"]) == [7, 5]
