@@ -90,10 +90,10 @@ class ComputeCounter(TorchFunctionMode):
     elements x the inner size) and ``F.scaled_dot_product_attention`` (batch x
     queries x keys x (query size + value size); its backward twice that),
     wherever they are called, so a supernet's sliced weights count at the size
-    used. Under autograd each
-    operand that requires a gradient adds one more forward's MACs (its
-    gradient is one product of the same size), so a frozen layer costs its
-    forward and the gradient of the first layer's input is not counted.
+    used. Under autograd each operand that requires a gradient adds one more
+    forward's MACs (its gradient is one product of the same size), so a frozen
+    layer costs its forward and the gradient of the first layer's input is not
+    counted.
     Element-wise work (normalisation, activations, pooling) is not counted.
     Nothing is changed: every call runs as it would. ``macs`` is the total.
 
@@ -107,25 +107,21 @@ class ComputeCounter(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        # The forward's MACs, and how many more forwards' worth the backward costs.
         if func in (F.conv1d, F.conv2d, F.conv3d, F.linear):
             x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
             forward = out.numel() * math.prod(w.shape[1:])
-            operands = (x, w)
+            backward = sum(_requires_grad(t) for t in (x, w))
         elif func in _MATMULS:
             a, b = args[0], args[1]
             forward = out.numel() * int(a.shape[-1])
-            operands = (a, b)
+            backward = sum(_requires_grad(t) for t in (a, b))
         elif func is F.scaled_dot_product_attention:
             q, k, v = args[0], args[1], args[2]
             forward = q.shape[:-1].numel() * int(k.shape[-2]) * (q.shape[-1] + v.shape[-1])
             # Its backward is four products of the forward's two sizes: twice the forward.
-            if torch.is_grad_enabled() and any(_requires_grad(t) for t in (q, k, v)):
-                forward *= 3
-            self.macs += int(forward)
-            return out
+            backward = 2 if any(_requires_grad(t) for t in (q, k, v)) else 0
         else:
             return out
-        if torch.is_grad_enabled():
-            forward *= 1 + sum(_requires_grad(t) for t in operands)
-        self.macs += int(forward)
+        self.macs += int(forward) * (1 + (backward if torch.is_grad_enabled() else 0))
         return out

@@ -166,6 +166,13 @@ class PerFedRLNASSearch:
             return f"no architecture was sent to client {cid!r} this round"
         return reply_problem(reply, proposal.arch, self.family, self.config, self.supernet)
 
+    def device_profile(self, client_id: str) -> DeviceProfile:
+        """The client's simulated device; without one, speed 1 and the configured bandwidth."""
+        cfg = self.config
+        return self.profiles.get(str(client_id)) or DeviceProfile(
+            1.0, cfg.bandwidth_down_bps, cfg.bandwidth_up_bps
+        )
+
     def round_time_of(
         self,
         client_id: str,
@@ -181,9 +188,7 @@ class PerFedRLNASSearch:
         without a profile the speed factor is 1 and the configured bandwidth holds.
         """
         cfg = self.config
-        profile = self.profiles.get(str(client_id)) or DeviceProfile(
-            1.0, cfg.bandwidth_down_bps, cfg.bandwidth_up_bps
-        )
+        profile = self.device_profile(client_id)
         if cfg.round_time_model == "macs" and arch is not None:
             compute = subnet_macs(self.family, arch) * cfg.seconds_per_mac
         else:

@@ -127,7 +127,7 @@ def seed_table(results: Sequence[MethodResult]) -> pd.DataFrame:
         # The modelled columns over the seeds whose runs record the modelled latency.
         timed = [r for _, r in runs if MODELLED in r.rounds.columns]
         reach = [time_to_reach(r.rounds, target) for _, r in runs]
-        modelled_reach = [time_to_reach(r, target, MODELLED) for r in (t.rounds for t in timed)]
+        modelled_reach = [time_to_reach(r.rounds, target, MODELLED) for r in timed]
         gains = [float(f["search-gain"]) for f in finals[row] if not pd.isna(f.get("search-gain"))]
         first = runs[0][1]
         rows.append(

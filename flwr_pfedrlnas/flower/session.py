@@ -307,14 +307,14 @@ class SearchSession(RoundSettingsAttributes):
 
     def _modelled_time(self, client_id: str, macs: float | None, down: int, up: int) -> float:
         """A client's modelled time on its simulated device (NaN without a MAC count)."""
-        profile = self.search.profiles.get(str(client_id))
+        profile = self.search.device_profile(client_id)
         return self.ledger.modelled_time(
             float("nan") if macs is None else macs,
             down,
             up,
-            profile.speed_factor if profile else 1.0,
-            profile.bandwidth_down_bps if profile else None,
-            profile.bandwidth_up_bps if profile else None,
+            profile.speed_factor,
+            profile.bandwidth_down_bps,
+            profile.bandwidth_up_bps,
         )
 
     def train_metrics(self) -> dict[str, float | int]:

@@ -148,20 +148,20 @@ def spider_train(
     client-id, arch (JSON of the decided edges), decided-edges.
     """
     start = time.perf_counter()
-    with ComputeCounter() as counted:  # MACs of the work timed (modelled latency)
-        config = msg.content["config"]
-        family = _family_of(config)
-        cid = client_id_from_context(context)
-        epochs = _nonnegative_int(config, m.LOCAL_EPOCHS, 1)
-        lr = float(config.get(m.LR, 0.05))
-        lam = float(config.get(LAMBDA, 0.1))
-        per_step = _nonnegative_int(config, EDGES_PER_STEP, 1)
-        val_batches = _nonnegative_int(config, VAL_BATCHES, 2)
-        warmup = _nonnegative_int(config, WARMUP, 1)
-        seed = _nonnegative_int(config, SEED, 0)
-        server_round = _nonnegative_int(config, m.SERVER_ROUND, 0)
-        received = msg.content["arrays"].to_torch_state_dict()
+    config = msg.content["config"]
+    family = _family_of(config)
+    cid = client_id_from_context(context)
+    epochs = _nonnegative_int(config, m.LOCAL_EPOCHS, 1)
+    lr = float(config.get(m.LR, 0.05))
+    lam = float(config.get(LAMBDA, 0.1))
+    per_step = _nonnegative_int(config, EDGES_PER_STEP, 1)
+    val_batches = _nonnegative_int(config, VAL_BATCHES, 2)
+    warmup = _nonnegative_int(config, WARMUP, 1)
+    seed = _nonnegative_int(config, SEED, 0)
+    server_round = _nonnegative_int(config, m.SERVER_ROUND, 0)
+    received = msg.content["arrays"].to_torch_state_dict()
 
+    with ComputeCounter() as counted:  # MACs of the work timed (modelled latency)
         # (1) Global part: the whole supernet, every edge an equal mixture.
         global_model = MixedDARTS(family, weights=onehot_weights(family, {}))
         global_model.net.load_state_dict(received, strict=True)
@@ -186,7 +186,7 @@ def spider_train(
         loss, _ = proximal_train(model, params, received, train_loader, epochs, lr, lam, device)
         personal.update(_module_state(model))
         _, accuracy, _ = evaluate(model, test_loader, device=device)
-        _save_personal(context, family, personal, decided, participations)
+    _save_personal(context, family, personal, decided, participations)
 
     num_examples = result.num_examples or len(getattr(train_loader, "dataset", []))
     metrics = {
