@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ __all__ = [
     "IMAGE_KEYS",
     "LABEL_KEYS",
     "TrainResult",
+    "deployed_accuracy_of",
     "evaluate",
     "recalibrate_as_configured",
     "recalibrate_batchnorm",
@@ -350,3 +352,23 @@ def recalibrate_as_configured(
         return 0
     max_batches = None if batches < 0 else batches
     return recalibrate_batchnorm(model, loader, max_batches, device, image_key, label_key)
+
+
+def deployed_accuracy_of(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any],
+    batches: int,
+    device: str | torch.device = "cpu",
+    image_key: str | None = None,
+    label_key: str | None = None,
+) -> float:
+    """Accuracy of ``model`` as a client deploys it, ``model`` itself left as it was.
+
+    A copy gets its BatchNorm statistics re-estimated on ``train_loader`` as
+    a ``bn-recalibration-batches`` value of ``batches`` asks (no weight
+    changes; 0: none) and is tested on ``test_loader``.
+    """
+    deployed = copy.deepcopy(model)
+    recalibrate_as_configured(deployed, train_loader, batches, device, image_key, label_key)
+    return float(evaluate(deployed, test_loader, device, image_key, label_key)[1])

@@ -233,33 +233,52 @@ def test_macs_round_time_is_deterministic_and_uses_the_profile():
     assert measured.round_time_of("slow", 5.0, 0, 0, arch) == pytest.approx(10.0)
 
 
-def test_the_validation_reward_reads_val_accuracy_and_never_the_test():
-    # Same test accuracies, different validation ones: only the validation reward follows.
+READS = {"validation": "val_accuracy", "deployed": "deployed_val_accuracy"}
+FIELD = {"validation": "val-accuracy", "deployed": "deployed-val-accuracy"}
+
+
+@pytest.mark.parametrize("split", ["validation", "deployed"])
+def test_our_reward_reads_its_own_accuracy_and_never_the_others(split):
+    # Same test accuracies; the validation split after training and the received
+    # subnet before it (deployed) differ: each reward follows only its own.
     rewards = {}
-    for split in ("test", "validation"):
-        cfg = SearchConfig(lambda_time=0.0, seed=2, reward_accuracy=split)
+    for reads in ("test", "validation", "deployed"):
+        cfg = SearchConfig(lambda_time=0.0, seed=2, reward_accuracy=reads)
         search = PerFedRLNASSearch(_family(), cfg)
         replies = []
-        for cid, test, val in (("a", 0.5, 0.9), ("b", 0.5, 0.1)):
+        for cid, val, deployed in (("a", 0.9, 0.2), ("b", 0.1, 0.6)):
             p = search.propose(cid)
-            replies.append(ClientReply(cid, p.arch, p.state, 10, test, val_accuracy=val))
-        rewards[split] = search.incorporate(1, replies).rewards
+            replies.append(
+                ClientReply(
+                    cid, p.arch, p.state, 10, 0.5, val_accuracy=val, deployed_val_accuracy=deployed
+                )
+            )
+        rewards[reads] = search.incorporate(1, replies).rewards
     assert rewards["test"] == {"a": 0.0, "b": 0.0}  # eq. 8: both at the mean
-    assert rewards["validation"] == pytest.approx({"a": 0.4, "b": -0.4})
+    # Eq. 8 over the chosen accuracy: a - mean, b - mean.
+    expected = {"validation": {"a": 0.4, "b": -0.4}, "deployed": {"a": -0.2, "b": 0.2}}
+    assert rewards[split] == pytest.approx(expected[split])
 
 
-def test_a_reply_without_val_accuracy_is_refused_when_the_reward_needs_it():
-    search = PerFedRLNASSearch(_family(), SearchConfig(reward_accuracy="validation"))
+@pytest.mark.parametrize("split", ["validation", "deployed"])
+def test_a_reply_without_the_rewards_accuracy_is_refused(split):
+    search = PerFedRLNASSearch(_family(), SearchConfig(reward_accuracy=split))
     p = search.propose("a")
     before = {k: v.copy() for k, v in search.supernet.items()}
-    outcome = search.incorporate(1, [ClientReply("a", p.arch, p.state, 10, 0.5)])
+    other = {READS[s]: 0.5 for s in READS if s != split}  # the other one does not count
+    outcome = search.incorporate(1, [ClientReply("a", p.arch, p.state, 10, 0.5, **other)])
     assert (
-        "val-accuracy is missing" in outcome.rejected["a"]
+        f"{FIELD[split]} is missing" in outcome.rejected["a"]
         and "val-fraction" in outcome.rejected["a"]
     )
     assert all(np.array_equal(before[k], search.supernet[k]) for k in before)
     p = search.propose("a")
-    outcome = search.incorporate(2, [ClientReply("a", p.arch, p.state, 10, 0.5, val_accuracy=1.5)])
-    assert outcome.rejected["a"] == "val-accuracy is 1.5, out of range"
-    with pytest.raises(ValueError, match="reward_accuracy must be one of"):
+    bad = ClientReply("a", p.arch, p.state, 10, 0.5, **{READS[split]: 1.5})
+    outcome = search.incorporate(2, [bad])
+    assert outcome.rejected["a"] == f"{FIELD[split]} is 1.5, out of range"
+    assert all(np.array_equal(before[k], search.supernet[k]) for k in before)
+
+
+def test_an_unknown_reward_accuracy_is_refused_naming_it():
+    with pytest.raises(ValueError, match="reward_accuracy must be one of .* got 'train'"):
         SearchConfig(reward_accuracy="train")

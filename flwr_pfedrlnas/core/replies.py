@@ -8,7 +8,7 @@ import numpy as np
 
 from flwr_pfedrlnas.core.search_space import Architecture
 
-__all__ = ["ClientReply", "Proposal", "RoundOutcome"]
+__all__ = ["ClientReply", "Proposal", "RoundOutcome", "reward_accuracy_of"]
 
 
 @dataclass
@@ -48,6 +48,18 @@ class ClientReply:
     memory_overrun: bool = False
     # Accuracy on the client's validation split after training (None: it has none).
     val_accuracy: float | None = None
+    # The received subnet before training (BatchNorm re-estimated) on the same split
+    # (None: not asked for, or no validation split).
+    deployed_val_accuracy: float | None = None
+
+
+def reward_accuracy_of(reply: ClientReply, reward_accuracy: str) -> float | None:
+    """The accuracy of ``reply`` that ``SearchConfig.reward_accuracy`` names."""
+    return {
+        "test": reply.accuracy,
+        "validation": reply.val_accuracy,
+        "deployed": reply.deployed_val_accuracy,
+    }[reward_accuracy]
 
 
 @dataclass

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from flwr_pfedrlnas.core.aggregation import check_subnet_state
-from flwr_pfedrlnas.core.replies import ClientReply
+from flwr_pfedrlnas.core.replies import ClientReply, reward_accuracy_of
 from flwr_pfedrlnas.core.search_config import SearchConfig
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.supernets.base import SupernetFamily
@@ -61,13 +61,17 @@ def reply_problem(
     ]
     if reply.compute_macs is not None:
         checks.append(("compute-macs", reply.compute_macs, lambda v: v >= 0))
-    if config.reward_accuracy == "validation" and not overrun:
-        if reply.val_accuracy is None:
+    reward_field = {"validation": "val-accuracy", "deployed": "deployed-val-accuracy"}
+    if config.reward_accuracy in reward_field and not overrun:
+        name = reward_field[config.reward_accuracy]
+        value = reward_accuracy_of(reply, config.reward_accuracy)
+        if value is None:
             return (
-                "val-accuracy is missing: the reward uses the validation split "
-                "(reward_accuracy='validation'); give the clients one (val-fraction > 0)"
+                f"{name} is missing: the reward uses the validation split "
+                f"(reward_accuracy={config.reward_accuracy!r}); give the clients one "
+                "(val-fraction > 0)"
             )
-        checks.append(("val-accuracy", reply.val_accuracy, lambda v: 0.0 <= v <= 1.0))
+        checks.append((name, value, lambda v: 0.0 <= v <= 1.0))
     for name, value, ok in checks:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
             return f"{name} is {value!r}, not a number"

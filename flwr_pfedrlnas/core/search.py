@@ -26,7 +26,12 @@ from flwr_pfedrlnas.core.cost import subnet_macs
 from flwr_pfedrlnas.core.kept import KeptBlocks
 from flwr_pfedrlnas.core.policy import ArchitecturePolicy
 from flwr_pfedrlnas.core.profiles import DeviceProfile
-from flwr_pfedrlnas.core.replies import ClientReply, Proposal, RoundOutcome
+from flwr_pfedrlnas.core.replies import (
+    ClientReply,
+    Proposal,
+    RoundOutcome,
+    reward_accuracy_of,
+)
 from flwr_pfedrlnas.core.reply_checks import is_overrun, reply_problem
 from flwr_pfedrlnas.core.rewards import (
     AccuracyHistory,
@@ -244,9 +249,9 @@ class PerFedRLNASSearch:
             outcome.bytes_down[cid] = proposal.bytes_down
             outcome.bytes_up[cid] = bytes_up
             accs[cid] = float(
-                reply.val_accuracy
-                if cfg.reward_accuracy == "validation" and cid not in overruns
-                else reply.accuracy
+                reply.accuracy
+                if cid in overruns
+                else reward_accuracy_of(reply, cfg.reward_accuracy)
             )
             rts[cid] = self.round_time_of(
                 cid, reply.compute_seconds, proposal.bytes_down, bytes_up, proposal.arch

@@ -27,7 +27,9 @@ _OURS: dict[str, Any] = {
 }
 # "test": the accuracy the client reports on its test split (the paper's code);
 # "validation": on its validation split, which the tables never report (ours).
-REWARD_ACCURACIES = ("test", "validation")
+# "deployed": the received subnet before local training, BatchNorm re-estimated as the
+# evaluation does, on the validation split: the model the client deploys (ours).
+REWARD_ACCURACIES = ("test", "validation", "deployed")
 SEARCH_PRESETS = ("paper", "ours")
 
 
@@ -87,12 +89,16 @@ class SearchConfig:
     seconds_per_mac : float (default: 1e-6)
         Seconds of a round's local training per MAC of one forward of the
         subnet on one image (absorbs examples, epochs and the backward pass).
-    reward_accuracy : {"test", "validation"} (default: "test")
+    reward_accuracy : {"test", "validation", "deployed"} (default: "test")
         Which accuracy of a training reply the reward uses: ``accuracy`` on
-        the client's test split (the paper's code; the tables report that
-        split too), or ``val-accuracy`` on its validation split (ours; the
-        clients need one: ``val-fraction`` > 0 in the apps). A reply without
-        the one asked for is rejected.
+        the client's test split after training (the paper's code; the tables
+        report that split too), ``val-accuracy`` on its validation split
+        after training (ours), or ``deployed-val-accuracy``: the subnet as
+        received, before local training, BatchNorm re-estimated on the
+        training data as the evaluation does, on the validation split, i.e.
+        the model the client deploys (ours). The last two need a validation
+        split (``val-fraction`` > 0 in the apps). A reply without the one
+        asked for is rejected.
     """
 
     policy_lr: float = 0.5

@@ -297,6 +297,7 @@ def run_variant(
                     acc,
                     compute_seconds=secs,
                     val_accuracy=acc,
+                    deployed_val_accuracy=acc,
                 )
             )
             updates[cid] += 1

@@ -27,6 +27,7 @@ from flwr_pfedrlnas.flower.personal import KeptOnClient
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.training import (
     TrainResult,
+    deployed_accuracy_of,
     evaluate,
     recalibrate_as_configured,
     resolve_device,
@@ -135,7 +136,10 @@ def _fit(
     peak and the budget, accuracy 0 and no weights (``None``). It never raises
     for lack of memory. ``keys`` are the image and label keys of dict batches.
     With a ``val_loader`` the trained subnet is also tested on the validation
-    split (``val-accuracy``, what the search's reward may use instead of the test).
+    split (``val-accuracy``, what the search's reward may use instead of the test);
+    when the config asks (``reward-deployed`` = 1), the received subnet is first
+    tested there as it would be deployed (``deployed-val-accuracy``, see
+    :func:`~flwr_pfedrlnas.training.deployed_accuracy_of`).
     """
     epochs = int(config.get(m.LOCAL_EPOCHS, 1))
     lr = float(config.get(m.LR, 0.05))
@@ -152,6 +156,12 @@ def _fit(
             if memory_budget is not None and peak > memory_budget:
                 seconds = time.perf_counter() - start
                 return overrun_metrics(peak, memory_budget, seconds, counted.macs)
+            deployed_accuracy = None
+            if int(config.get(m.REWARD_DEPLOYED, 0)) and val_loader is not None:
+                batches = int(config.get(m.BN_RECALIBRATION_BATCHES, 0))
+                deployed_accuracy = deployed_accuracy_of(
+                    model, train_loader, val_loader, batches, device, *keys
+                )
             result = _local_train(
                 model, train_loader, epochs, lr, device, keys, **training_options(config)
             )
@@ -181,6 +191,8 @@ def _fit(
         metrics[m.MEMORY_BUDGET_BYTES] = float(memory_budget)
     if val_accuracy is not None:
         metrics[m.VAL_ACCURACY] = float(val_accuracy)
+    if deployed_accuracy is not None:
+        metrics[m.DEPLOYED_VAL_ACCURACY] = float(deployed_accuracy)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return metrics, state
 

@@ -36,6 +36,11 @@ from flwr_pfedrlnas.supernets.keep import kept_blocks
 __all__ = ["PerFedRLNASLegacy"]
 
 
+def _optional(metrics: dict[str, Any], key: str) -> float | None:
+    """``metrics[key]`` as a float, ``None`` when the reply has none."""
+    return float(metrics[key]) if key in metrics else None
+
+
 class PerFedRLNASLegacy(SearchFace, Strategy):
     """PerFedRLNAS for apps built on ``NumPyClient`` and ``ServerApp(server_fn=...)``.
 
@@ -217,19 +222,12 @@ class PerFedRLNASLegacy(SearchFace, Strategy):
                 accuracy=float(metrics.get(m.ACCURACY, float("nan"))),
                 train_loss=float(metrics.get(m.TRAIN_LOSS, float("nan"))),
                 compute_seconds=float(metrics.get(m.COMPUTE_SECONDS, float("nan"))),
-                compute_macs=(
-                    float(metrics[m.COMPUTE_MACS]) if m.COMPUTE_MACS in metrics else None
-                ),
+                compute_macs=_optional(metrics, m.COMPUTE_MACS),
                 peak_memory_bytes=float(metrics.get(m.PEAK_MEMORY_BYTES, 0.0)),
-                memory_budget_bytes=(
-                    float(metrics[m.MEMORY_BUDGET_BYTES])
-                    if m.MEMORY_BUDGET_BYTES in metrics
-                    else None
-                ),
+                memory_budget_bytes=_optional(metrics, m.MEMORY_BUDGET_BYTES),
                 memory_overrun=bool(metrics.get(m.MEMORY_OVERRUN, 0)),
-                val_accuracy=(
-                    float(metrics[m.VAL_ACCURACY]) if m.VAL_ACCURACY in metrics else None
-                ),
+                val_accuracy=_optional(metrics, m.VAL_ACCURACY),
+                deployed_val_accuracy=_optional(metrics, m.DEPLOYED_VAL_ACCURACY),
             )
         except (ValueError, TypeError) as err:
             self.session.record_failure(cid, f"rejected: {err}")

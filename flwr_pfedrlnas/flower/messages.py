@@ -26,6 +26,7 @@ __all__ = [
     "CLIENT_STATE_DIR",
     "CLIENT_ID",
     "COMPUTE_MACS",
+    "DEPLOYED_VAL_ACCURACY",
     "COMPUTE_SECONDS",
     "FINETUNE_EPOCHS",
     "LOCAL_EPOCHS",
@@ -36,6 +37,7 @@ __all__ = [
     "NUM_EXAMPLES",
     "PERSONAL_INIT",
     "PEAK_MEMORY_BYTES",
+    "REWARD_DEPLOYED",
     "SEARCH_ONLY",
     "SERVER_ROUND",
     "SUPERNET",
@@ -60,6 +62,9 @@ BATCH_SIZE = "batch-size"
 BN_RECALIBRATION_BATCHES = "bn-recalibration-batches"
 # Epochs of local fine-tuning before a test (final evaluation only); the result is not kept.
 FINETUNE_EPOCHS = "finetune-epochs"
+# Train message: 1 asks the client to test the received subnet before training, BatchNorm
+# re-estimated (bn-recalibration-batches), on its validation split (the reward "deployed").
+REWARD_DEPLOYED = "reward-deployed"
 # Evaluate-type message of a search-only round (new clients): test, never train or upload.
 SEARCH_ONLY = "search-only"
 # ArrayRecord key, server -> client: the whole shared tensors of the blocks a client
@@ -73,6 +78,8 @@ NUM_EXAMPLES = "num-examples"
 ACCURACY = "accuracy"
 # Accuracy on the client's validation split after training (what the reward may see).
 VAL_ACCURACY = "val-accuracy"
+# The received subnet before training, BatchNorm re-estimated, on the validation split.
+DEPLOYED_VAL_ACCURACY = "deployed-val-accuracy"
 TRAIN_LOSS = "train-loss"
 COMPUTE_SECONDS = "compute-seconds"
 # MACs of that work, backward passes included (core.cost.ComputeCounter): the modelled latency.
@@ -252,6 +259,7 @@ def reply_from_records(
         memory_budget_bytes=None if budget is None else float(budget),
         memory_overrun=bool(overrun),
         val_accuracy=_optional_number(metrics, VAL_ACCURACY),
+        deployed_val_accuracy=_optional_number(metrics, DEPLOYED_VAL_ACCURACY),
     )
 
 

@@ -188,6 +188,10 @@ class SearchSession(RoundSettingsAttributes):
                 None if server_round is None else self.total_rounds,
             ),
         }
+        if self.search.config.reward_accuracy == "deployed":
+            # The reward reads the received subnet as the evaluation deploys it.
+            config[m.REWARD_DEPLOYED] = 1
+            config[m.BN_RECALIBRATION_BATCHES] = self.bn_recalibration_batches
         config.update(dict(extra or {}))
         return config
 
