@@ -109,13 +109,17 @@ def _handlers(with_validation: bool):
     }
 
 
-def test_a_run_with_the_deployed_reward_uses_every_reply(local_grid, tmp_path):
-    strategy = PerFedRLNAS(
+def _strategy(tmp_path):
+    return PerFedRLNAS(
         _family(),
         clients_per_round=3,
         search_config=SearchConfig(seed=0, reward_accuracy="deployed"),
         results_dir=str(tmp_path / "results"),
     )
+
+
+def test_a_run_with_the_deployed_reward_uses_every_reply(local_grid, tmp_path):
+    strategy = _strategy(tmp_path)
     reported = {}  # client -> the deployed-val-accuracy of its latest training reply
 
     def keep(msg, reply):
@@ -137,12 +141,7 @@ def test_a_run_with_the_deployed_reward_uses_every_reply(local_grid, tmp_path):
 
 
 def test_clients_without_a_validation_split_fail_loudly_and_change_nothing(local_grid, tmp_path):
-    strategy = PerFedRLNAS(
-        _family(),
-        clients_per_round=3,
-        search_config=SearchConfig(seed=0, reward_accuracy="deployed"),
-        results_dir=str(tmp_path / "results"),
-    )
+    strategy = _strategy(tmp_path)
     before = {k: v.copy() for k, v in strategy.search.supernet.items()}
     with pytest.raises(Exception, match="deployed-val-accuracy is missing"):
         strategy.start(local_grid(NODES, _handlers(with_validation=False)), num_rounds=1)
