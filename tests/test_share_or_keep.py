@@ -417,3 +417,41 @@ def test_paper_setting_is_unchanged_by_the_option():
     )
     arch = plain.largest_architecture()
     assert personal_keys(plain, arch) == set()
+
+
+def test_a_restarted_run_finds_the_kept_copies_on_the_clients_disks(local_grid, tmp_path):
+    # With a checkpoint the strategy tells clients to mirror their copies to
+    # <checkpoint>/clients, so a resumed run with fresh client contexts (a new flwr run)
+    # carries on; the same resume without that folder fails loudly, naming the block.
+    def strategy(num_rounds, **kw):
+        return PerFedRLNAS(
+            _family(),
+            clients_per_round=3,
+            min_available_nodes=3,
+            search_config=SearchConfig(seed=3),
+            results_dir=str(tmp_path / "out"),
+            checkpoint_dir=str(tmp_path / "ckpt"),
+            **kw,
+        )
+
+    first = strategy(2)
+    first.start(local_grid(NODES, HANDLERS), num_rounds=2)
+    held = {c for c, b in first.search.kept.state_dict().items() if b}
+    assert held, "no client kept its classifier: the test would pass vacuously"
+    mirrored = {p.name.split(".")[0] for p in (tmp_path / "ckpt" / "clients").iterdir()}
+    assert mirrored == held
+    messages = []
+    again = strategy(4, resume=True)
+    grid = local_grid(NODES, HANDLERS, tamper=lambda msg, reply: messages.append(msg) or reply)
+    again.start(grid, num_rounds=4)
+    assert again.search.completed_rounds == 4
+    rounds = pd.read_csv(tmp_path / "out" / "rounds.csv")
+    assert list(rounds["round"]) == [1, 2, 3, 4] and (rounds["num-failed"] == 0).all()
+    sent = [msg for msg in messages if msg.metadata.message_type != MessageType.QUERY]
+    folder = str(tmp_path / "ckpt" / "clients")
+    assert sent and all(msg.content["config"][m.CLIENT_STATE_DIR] == folder for msg in sent)
+    # Without the folder the copies are gone: the resumed run refuses rather than restart them.
+    for path in (tmp_path / "ckpt" / "clients").iterdir():
+        path.unlink()
+    with pytest.raises(Exception, match="holds no copy of block 'classifier'"):
+        strategy(6, resume=True).start(local_grid(NODES, HANDLERS), num_rounds=6)

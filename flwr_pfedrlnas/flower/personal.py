@@ -123,7 +123,8 @@ def assemble(
         elif not all(k in received for k in in_subnet):
             raise ValueError(
                 f"keep.{block} is 'personal', but this client holds no copy of block "
-                f"{block!r} and the message carries neither its initial copy nor its weights"
+                f"{block!r} and the message carries neither its initial copy nor its weights "
+                f"(a restarted run finds a client's copies only in its {m.CLIENT_STATE_DIR})"
             )
     state = dict(received)
     for key in used:

@@ -32,6 +32,7 @@ from flwr_pfedrlnas.protocol.settings import (
 )
 from flwr_pfedrlnas.protocol.training_options import TrainingOptions
 from flwr_pfedrlnas.supernets import SupernetFamily
+from flwr_pfedrlnas.supernets.keep import kept_blocks
 
 __all__ = ["SESSION_SETTINGS", "SearchSession", "natural_sorted", "session_from"]
 
@@ -188,6 +189,7 @@ class SearchSession(RoundSettingsAttributes):
                 None if server_round is None else self.total_rounds,
             ),
         }
+        config.update(self.personal_state_config())
         if self.search.config.reward_accuracy == "deployed":
             # The reward reads the received subnet as the evaluation deploys it.
             config[m.REWARD_DEPLOYED] = 1
@@ -213,12 +215,25 @@ class SearchSession(RoundSettingsAttributes):
             m.BATCH_SIZE: self.batch_size,
             m.BN_RECALIBRATION_BATCHES: self.bn_recalibration_batches,
         }
+        config.update(self.personal_state_config())
         finetune = 0 if server_round is None else self.finetune_epochs_at(server_round)
         if finetune > 0:
             config[m.FINETUNE_EPOCHS] = finetune
             config[m.LR] = self.lr
         config.update(dict(extra or {}))
         return config
+
+    def personal_state_config(self) -> dict[str, Any]:
+        """Where clients mirror their kept blocks: ``<checkpoint_dir>/clients``.
+
+        Only with share-or-keep blocks and a checkpoint, so that a restarted
+        run (``resume``) finds each client's personal copies on its own disk,
+        as the personalised baselines do; a node's own ``client-state-dir``
+        and a user config's still win.
+        """
+        if not (kept_blocks(self.family) and self.checkpoint_dir):
+            return {}
+        return {m.CLIENT_STATE_DIR: f"{self.checkpoint_dir}/clients"}
 
     def training_clients(self, client_ids: Sequence[str]) -> list[str]:
         """The clients that take part in training: all but the held-out new ones.
