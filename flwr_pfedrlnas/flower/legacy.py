@@ -36,11 +36,6 @@ from flwr_pfedrlnas.supernets.keep import kept_blocks
 __all__ = ["PerFedRLNASLegacy"]
 
 
-def _optional(metrics: dict[str, Any], key: str) -> float | None:
-    """``metrics[key]`` as a float, ``None`` when the reply has none."""
-    return float(metrics[key]) if key in metrics else None
-
-
 class PerFedRLNASLegacy(SearchFace, Strategy):
     """PerFedRLNAS for apps built on ``NumPyClient`` and ``ServerApp(server_fn=...)``.
 
@@ -222,12 +217,12 @@ class PerFedRLNASLegacy(SearchFace, Strategy):
                 accuracy=float(metrics.get(m.ACCURACY, float("nan"))),
                 train_loss=float(metrics.get(m.TRAIN_LOSS, float("nan"))),
                 compute_seconds=float(metrics.get(m.COMPUTE_SECONDS, float("nan"))),
-                compute_macs=_optional(metrics, m.COMPUTE_MACS),
+                compute_macs=m.optional_number(metrics, m.COMPUTE_MACS),
                 peak_memory_bytes=float(metrics.get(m.PEAK_MEMORY_BYTES, 0.0)),
-                memory_budget_bytes=_optional(metrics, m.MEMORY_BUDGET_BYTES),
+                memory_budget_bytes=m.optional_number(metrics, m.MEMORY_BUDGET_BYTES),
                 memory_overrun=bool(metrics.get(m.MEMORY_OVERRUN, 0)),
-                val_accuracy=_optional(metrics, m.VAL_ACCURACY),
-                deployed_val_accuracy=_optional(metrics, m.DEPLOYED_VAL_ACCURACY),
+                val_accuracy=m.optional_number(metrics, m.VAL_ACCURACY),
+                deployed_val_accuracy=m.optional_number(metrics, m.DEPLOYED_VAL_ACCURACY),
             )
         except (ValueError, TypeError) as err:
             self.session.record_failure(cid, f"rejected: {err}")

@@ -46,6 +46,7 @@ __all__ = [
     "VAL_ACCURACY",
     "arrays_to_record",
     "npy_bytes_to_array",
+    "optional_number",
     "record_to_arrays",
     "reply_from_records",
     "subnet_config",
@@ -254,16 +255,16 @@ def reply_from_records(
         accuracy=float(metrics[ACCURACY]),
         train_loss=float(metrics.get(TRAIN_LOSS, float("nan"))),
         compute_seconds=float(metrics[COMPUTE_SECONDS]),
-        compute_macs=_optional_number(metrics, COMPUTE_MACS),
+        compute_macs=optional_number(metrics, COMPUTE_MACS),
         peak_memory_bytes=float(metrics.get(PEAK_MEMORY_BYTES, 0.0)),
         memory_budget_bytes=None if budget is None else float(budget),
         memory_overrun=bool(overrun),
-        val_accuracy=_optional_number(metrics, VAL_ACCURACY),
-        deployed_val_accuracy=_optional_number(metrics, DEPLOYED_VAL_ACCURACY),
+        val_accuracy=optional_number(metrics, VAL_ACCURACY),
+        deployed_val_accuracy=optional_number(metrics, DEPLOYED_VAL_ACCURACY),
     )
 
 
-def _optional_number(metrics: MetricRecord, key: str) -> float | None:
+def optional_number(metrics: Mapping[str, Any], key: str) -> float | None:
     """``metrics[key]`` as a float, ``None`` when absent; ``ValueError`` for a list."""
     if key not in metrics:
         return None
