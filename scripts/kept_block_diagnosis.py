@@ -4,9 +4,10 @@
 
 For a share-or-keep run of ``apps/pfedrlnas`` it loads the server's checkpoint
 (supernet and policies; ``RUN_DIR/checkpoint`` unless given) and the client's
-kept copies (``<checkpoint>/clients/<client-id>.pfedrlnas-kept.pt``), rebuilds the
-client's data split from the run's ``config.json`` and tests the client's argmax
-subnet four ways: with ``keep.classifier`` shared and personal, each without
+kept copies (``<checkpoint>/clients/<client-id>.pfedrlnas-kept.pt``), loads the
+client's data as the app did (``runconfig.load_data`` on the run's
+``config.json``) and tests the client's argmax subnet four ways: with
+``keep.classifier`` shared and personal, each without
 BatchNorm re-estimation (the statistics the weights carry) and with it on the
 client's whole training split (the tables' protocol). It prints a markdown
 table: accuracy on the test and the validation split, and the predicted labels.
@@ -21,35 +22,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.app import Context, RecordDict
 
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.core.search import PerFedRLNASSearch
-from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders, make_val_loader
 from flwr_pfedrlnas.flower.personal import SHARE_OR_KEEP, assemble
-from flwr_pfedrlnas.training import evaluate, recalibrate_as_configured
+from flwr_pfedrlnas.flower.runconfig import load_data
+from flwr_pfedrlnas.training import evaluate, recalibrate_as_configured, split_batch
+
+
+def _labels(model: torch.nn.Module | None, loader) -> np.ndarray:
+    """The loader's labels, or ``model``'s predicted labels on it."""
+    out = []
+    with torch.no_grad():
+        for images, labels in (split_batch(b) for b in loader):
+            out.append(labels if model is None else model.eval()(images).argmax(1))
+    return torch.cat(out).numpy()
 
 
 def diagnose(run: Path, client_id: str, checkpoint: Path) -> list[str]:
     cfg = json.loads((run / "config.json").read_text())["run-config"]
     search, _ = PerFedRLNASSearch.from_checkpoint(str(checkpoint))
     family = search.family
-    data = load_client_data(
-        str(cfg["dataset"]),
-        int(client_id),
-        int(cfg["num-clients"]),
-        float(cfg["dirichlet-alpha"]),
-        int(cfg["seed"]),
-        test_fraction=float(cfg["test-fraction"]),
-        val_fraction=float(cfg["val-fraction"]),
-    )
-    train, test = make_loaders(data, int(cfg["batch-size"]), seed=0)
-    val = make_val_loader(data, int(cfg["batch-size"]))
+    # The node's data exactly as the app loaded it (same split, same loader seeds).
+    node = {"partition-id": int(client_id), "num-partitions": int(cfg["num-clients"])}
+    context = Context(run_id=0, node_id=0, node_config=node, state=RecordDict(), run_config=cfg)
+    train, test, val = load_data(context, int(cfg["batch-size"]))
+    classes = family.config["num_classes"]
     store = torch.load(checkpoint / "clients" / f"{client_id}.{SHARE_OR_KEEP}.pt")
     arch = search.policies[client_id].argmax()
+    train_labels = np.bincount(_labels(None, train), minlength=classes).tolist()
     lines = [
-        f"Client {client_id}: {data.num_train} training images, labels "
-        f"{np.bincount(data.train_y, minlength=data.num_classes).tolist()}; argmax subnet "
-        f"keeps the classifier {arch['keep.classifier']} (round {search.completed_rounds}).",
+        f"Client {client_id}: {sum(train_labels)} training images, labels {train_labels}; "
+        f"argmax subnet keeps the classifier {arch['keep.classifier']} "
+        f"(round {search.completed_rounds}).",
         "",
         "| classifier | BatchNorm | test accuracy | validation accuracy | predicted (test) |",
         "|---|---|---|---|---|",
@@ -68,9 +74,7 @@ def diagnose(run: Path, client_id: str, checkpoint: Path) -> list[str]:
             recalibrate_as_configured(tested, train, batches, "cpu")
             acc_test = evaluate(tested, test, "cpu")[1]
             acc_val = evaluate(tested, val, "cpu")[1]
-            with torch.no_grad():
-                preds = tested.eval()(torch.from_numpy(data.test_x)).argmax(1).numpy()
-            counts = np.bincount(preds, minlength=data.num_classes).tolist()
+            counts = np.bincount(_labels(tested, test), minlength=classes).tolist()
             lines.append(f"| {keep} | {how} | {acc_test:.3f} | {acc_val:.3f} | {counts} |")
     return lines
 
