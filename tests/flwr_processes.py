@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from flwr_pfedrlnas.experiments.flwr_runner import (
+from flwr_pfedrlnas.experiments.superlink import (
     FLWR_ENV,
     free_port,
     pids_with_env,

@@ -19,7 +19,8 @@ from flwr_pfedrlnas.core.search import ClientReply, PerFedRLNASSearch, SearchCon
 from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
 from flwr_pfedrlnas.flower import client as client_mod
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import SubnetClient, evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.client import evaluate_subnet, identify, train_subnet
+from flwr_pfedrlnas.flower.numpy_client import SubnetClient
 from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import get_supernet
 

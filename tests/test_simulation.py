@@ -16,8 +16,9 @@ from flwr.simulation import run_simulation
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.core.search import SearchConfig
 from flwr_pfedrlnas.data.datasets import load_client_data, make_loaders
-from flwr_pfedrlnas.flower.client import SubnetClient, client_id_from_context, make_client_app
+from flwr_pfedrlnas.flower.client import client_id_from_context, make_client_app
 from flwr_pfedrlnas.flower.legacy import PerFedRLNASLegacy
+from flwr_pfedrlnas.flower.numpy_client import SubnetClient
 from flwr_pfedrlnas.flower.strategy import PerFedRLNAS
 from flwr_pfedrlnas.supernets import CPU_PRESETS, available_supernets, cpu_preset, get_supernet
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from flwr_pfedrlnas.baselines.models import build_model, is_head_key
 from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.flower.identity import client_id_from_context
 from flwr_pfedrlnas.flower.personal import (
     load_personal,
     personal_file,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -36,11 +35,11 @@ from flwr_pfedrlnas.core.reply_checks import is_overrun, reply_problem
 from flwr_pfedrlnas.core.rewards import (
     AccuracyHistory,
     RewardStatistics,
-    clipped,
     round_time,
     search_rewards,
 )
 from flwr_pfedrlnas.core.search_config import SearchConfig
+from flwr_pfedrlnas.core.search_only import SearchOnlyRounds
 from flwr_pfedrlnas.core.search_space import Architecture
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 
@@ -58,12 +57,13 @@ logger = logging.getLogger(__name__)
 _atomic_write = atomic_write
 
 
-class PerFedRLNASSearch:
+class PerFedRLNASSearch(SearchOnlyRounds):
     """Server state of PerFedRLNAS: one supernet, one policy per client.
 
     The core knows no Flower. Each round: :meth:`propose` per sampled client,
     then :meth:`incorporate` with the replies (rewards, policy updates, merge).
-    :meth:`deploy` gives a client's argmax architecture and its weights.
+    :meth:`deploy` gives a client's argmax architecture and its weights. New
+    clients search without training through :class:`SearchOnlyRounds`' methods.
 
     Parameters
     ----------
@@ -318,56 +318,6 @@ class PerFedRLNASSearch:
         outcome.mean_accuracy = history.mean()
         outcome.overruns = sorted(overruns)
         return outcome
-
-    # ------------------------------------------------------------------ new clients
-    def propose_search_only(self, client_id: str) -> Proposal:
-        """Search-only round (a new client): sample an architecture to be tested.
-
-        The client tests the subnet (no training, no upload); the supernet is
-        never changed by search-only rounds.
-        """
-        cid = str(client_id)
-        arch = self.policy(cid).sample(self.rng)
-        state, _ = self.kept.downlink(cid, self.supernet, arch, training=False)
-        self.search_pending[cid] = arch
-        return Proposal(cid, arch, state, state_num_bytes(state))
-
-    def incorporate_search_only(self, accuracies: Mapping[str, float]) -> dict[str, float]:
-        """Reward ``acc_i - mean_acc`` (eq. 8 without time or merge); update policies.
-
-        ``mean_acc`` is the running mean of the new clients' most recent test
-        accuracies (their own baseline, kept apart from the trained clients');
-        under ``reward_baseline="client-mean"`` each client's own running mean.
-        An accuracy outside [0, 1] or of a client not proposed is ignored.
-        Returns the rewards; every pending search-only proposal is closed.
-        """
-        valid = {}
-        for cid, acc in accuracies.items():
-            cid = str(cid)
-            if cid not in self.search_pending:
-                logger.warning("search-only accuracy of client %s, not proposed: ignored", cid)
-                continue
-            if isinstance(acc, bool) or not isinstance(acc, (int, float, np.number)):
-                logger.warning("search-only accuracy of client %s is %r: ignored", cid, acc)
-                continue
-            if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
-                logger.warning("search-only accuracy of client %s is %r: ignored", cid, acc)
-                continue
-            valid[cid] = float(acc)
-        cfg = self.config
-        self.search_history.update(valid)
-        if cfg.reward_baseline == "client-mean":
-            rewards = self.search_stats.centred(valid)
-        else:
-            baseline = self.search_history.mean()
-            rewards = {cid: acc - baseline for cid, acc in valid.items()}
-            self.search_stats.record(valid)
-        rewards = clipped(self.search_stats.scaled(rewards), cfg.reward_clip)
-        for cid, reward in rewards.items():
-            if self.search_stats.count(cid) > cfg.warmup_updates:
-                self.policy(cid).update(self.search_pending[cid], reward, cfg.entropy_bonus)
-        self.search_pending.clear()
-        return rewards
 
     def deploy(self, client_id: str) -> tuple[Architecture, dict[str, np.ndarray]]:
         """The client's deployed model: its argmax architecture and weights.

@@ -41,19 +41,21 @@ from flwr_pfedrlnas.experiments.experiment_file import (
     resolve_app,
 )
 from flwr_pfedrlnas.experiments.flwr_runner import (
-    FLWR_ENV,
-    LocalSuperLink,
     RunFailed,
     RunRecord,
     check_run,
     display_path,
-    flwr_binary,
     flwr_command,
-    pids_with_env,
     run_experiment,
     run_method,
     shell_join,
     shell_quote,
+)
+from flwr_pfedrlnas.experiments.superlink import (
+    FLWR_ENV,
+    LocalSuperLink,
+    flwr_binary,
+    pids_with_env,
 )
 
 __all__ = [

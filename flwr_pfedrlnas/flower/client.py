@@ -22,6 +22,7 @@ from flwr_pfedrlnas.core.search_space import (
     architecture_to_json,
 )
 from flwr_pfedrlnas.flower import messages as m
+from flwr_pfedrlnas.flower.identity import client_id_from_context, identify
 from flwr_pfedrlnas.flower.memory import is_out_of_memory, memory_budget_of, overrun_metrics
 from flwr_pfedrlnas.flower.personal import KeptOnClient
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
@@ -58,23 +59,6 @@ DEFAULT_BATCH_SIZE = 32
 # Run-config names (Flower's quickstart apps use them in [tool.flwr.app.config]) that
 # the handlers read when the server's message does not carry the setting.
 RUN_CONFIG_SETTINGS = (m.LOCAL_EPOCHS, m.LR, m.BATCH_SIZE)
-
-
-def client_id_from_context(context: Context) -> str:
-    """The client's stable identity.
-
-    ``client-id`` from the node config (deployment), else ``partition-id``
-    (simulation). Raises ``ValueError`` when neither is set.
-    """
-    node_config = context.node_config
-    if m.CLIENT_ID in node_config:
-        return str(node_config[m.CLIENT_ID])
-    if m.PARTITION_ID in node_config:
-        return str(node_config[m.PARTITION_ID])
-    raise ValueError(
-        "node config has neither 'client-id' nor 'partition-id'; start the "
-        'SuperNode with --node-config "client-id=<id>"'
-    )
 
 
 @lru_cache(maxsize=16)
@@ -355,12 +339,6 @@ def evaluate_subnet(
     return Message(content=content, reply_to=msg)
 
 
-def identify(msg: Message, context: Context) -> Message:
-    """Handle the identity query: reply with the stable client id."""
-    content = RecordDict({"config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)})})
-    return Message(content=content, reply_to=msg)
-
-
 def _run_config_defaults(context: Context) -> dict[str, Any]:
     return {k: context.run_config[k] for k in RUN_CONFIG_SETTINGS if k in context.run_config}
 
@@ -456,12 +434,3 @@ def make_client_app(
 ) -> ClientApp:
     """A new ``ClientApp`` with :func:`register_handlers`' handlers (same parameters)."""
     return register_handlers(ClientApp(), load_data, device, image_key, label_key)
-
-
-def __getattr__(name: str) -> Any:
-    # The NumPyClient lives in its own module (it reuses this one's helpers).
-    if name == "SubnetClient":
-        from flwr_pfedrlnas.flower.numpy_client import SubnetClient
-
-        return SubnetClient
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@
 Flower's node ids change when a SuperNode reconnects; every strategy of the
 package keys its state on the client's stable id instead (``partition-id`` in
 simulation, the ``client-id`` node config in deployment), which the node
-reports in answer to a QUERY message (see :func:`flwr_pfedrlnas.flower.client.identify`).
+reports in answer to a QUERY message (see :func:`identify`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,47 @@ from __future__ import annotations
 import time
 from logging import INFO, WARNING
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid
 
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.protocol.rounds import natural_sorted
 
-__all__ = ["identify_clients", "learn_identity", "natural_sorted"]
+__all__ = [
+    "client_id_from_context",
+    "identify",
+    "identify_clients",
+    "learn_identity",
+    "natural_sorted",
+]
+
+
+# ------------------------------------------------------------------ client side
+def client_id_from_context(context: Context) -> str:
+    """The client's stable identity.
+
+    ``client-id`` from the node config (deployment), else ``partition-id``
+    (simulation). Raises ``ValueError`` when neither is set.
+    """
+    node_config = context.node_config
+    if m.CLIENT_ID in node_config:
+        return str(node_config[m.CLIENT_ID])
+    if m.PARTITION_ID in node_config:
+        return str(node_config[m.PARTITION_ID])
+    raise ValueError(
+        "node config has neither 'client-id' nor 'partition-id'; start the "
+        'SuperNode with --node-config "client-id=<id>"'
+    )
+
+
+def identify(msg: Message, context: Context) -> Message:
+    """Handle the identity query: reply with the stable client id."""
+    content = RecordDict({"config": ConfigRecord({m.CLIENT_ID: client_id_from_context(context)})})
+    return Message(content=content, reply_to=msg)
+
+
+# ------------------------------------------------------------------ server side
 
 
 def learn_identity(

@@ -44,7 +44,7 @@ class PerFedRLNASLegacy(SearchFace, Strategy):
     ``state_dict`` key order; the architecture, family and training settings
     travel in the fit config. A client says who it is through
     ``get_properties`` (``client-id``), asked once per connected proxy. Use it
-    with :class:`~flwr_pfedrlnas.flower.client.SubnetClient`. When resuming,
+    with :class:`~flwr_pfedrlnas.flower.numpy_client.SubnetClient`. When resuming,
     run for ``strategy.remaining_rounds(num_rounds)`` rounds so that the run
     stops where an uninterrupted one would.
 

@@ -22,7 +22,7 @@ from flwr_pfedrlnas.core.search_space import architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.flower import session_records as records
 from flwr_pfedrlnas.flower.identity import natural_sorted
-from flwr_pfedrlnas.protocol.results import RunRecorder, summarise_accuracies, write_results
+from flwr_pfedrlnas.protocol.results import RunRecorder, write_results
 from flwr_pfedrlnas.protocol.rounds import DEFAULT_MACS_PER_SECOND, ExchangeLedger, RoundSchedule
 from flwr_pfedrlnas.protocol.settings import (
     ROUND_SETTINGS,
@@ -405,34 +405,10 @@ class SearchSession(RoundSettingsAttributes):
         rewards: Mapping[str, float],
     ) -> dict[str, Any]:
         """Append one search-only round's row; written to ``new_clients.csv``."""
-        mean, std = summarise_accuracies(dict(deployed))
-        new = self.new_clients or []
-        row = {
-            "search-round": int(search_round),
-            "num-new-clients": len(new),
-            "sampled-accuracy-mean": records.mean_or(sampled.values()),
-            "accuracy-mean": mean,
-            "accuracy-std": std,
-            "num-evaluated": len(deployed),
-            "reward-mean": records.mean_or(rewards.values()),
-            "entropy-mean": sum(self.search.policy(c).entropy() for c in new) / max(1, len(new)),
-        }
+        row = records.new_client_row(self, search_round, sampled, deployed, rewards)
         self.new_client_rows.append(row)
-        log(
-            INFO,
-            "[new clients, search round %d] deployed accuracy %.4f ± %.4f over %d clients",
-            search_round,
-            mean,
-            std,
-            len(deployed),
-        )
         if self.results_dir:
-            import pandas as pd
-
-            Path(self.results_dir).mkdir(parents=True, exist_ok=True)
-            pd.DataFrame(self.new_client_rows).to_csv(
-                Path(self.results_dir) / "new_clients.csv", index=False
-            )
+            records.write_new_clients(self.results_dir, self.new_client_rows)
         return row
 
     # ------------------------------------------------------------------ report

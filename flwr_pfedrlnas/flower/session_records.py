@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from logging import INFO
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flwr.common import log
@@ -16,7 +17,15 @@ from flwr_pfedrlnas.protocol.rounds import natural_sorted
 if TYPE_CHECKING:
     from flwr_pfedrlnas.flower.session import SearchSession
 
-__all__ = ["config_record", "log_round", "log_settings", "mean_or", "round_row"]
+__all__ = [
+    "config_record",
+    "log_round",
+    "log_settings",
+    "mean_or",
+    "new_client_row",
+    "round_row",
+    "write_new_clients",
+]
 
 NAN = float("nan")
 
@@ -164,3 +173,43 @@ def config_record(session: SearchSession) -> dict[str, Any]:
         "resumed-from-round": session.resumed_from,
         "run-config": session.run_config,
     }
+
+
+def new_client_row(
+    session: SearchSession,
+    search_round: int,
+    sampled: Mapping[str, float],
+    deployed: Mapping[str, float],
+    rewards: Mapping[str, float],
+) -> dict[str, Any]:
+    """One search-only round's row of ``new_clients.csv``, logged."""
+    mean, std = summarise_accuracies(dict(deployed))
+    new = session.new_clients or []
+    entropy = sum(session.search.policy(c).entropy() for c in new) / max(1, len(new))
+    row = {
+        "search-round": int(search_round),
+        "num-new-clients": len(new),
+        "sampled-accuracy-mean": mean_or(sampled.values()),
+        "accuracy-mean": mean,
+        "accuracy-std": std,
+        "num-evaluated": len(deployed),
+        "reward-mean": mean_or(rewards.values()),
+        "entropy-mean": entropy,
+    }
+    log(
+        INFO,
+        "[new clients, search round %d] deployed accuracy %.4f ± %.4f over %d clients",
+        search_round,
+        mean,
+        std,
+        len(deployed),
+    )
+    return row
+
+
+def write_new_clients(results_dir: str, rows: list[dict[str, Any]]) -> None:
+    """Write the search-only rounds' rows to ``<results_dir>/new_clients.csv``."""
+    import pandas as pd
+
+    Path(results_dir).mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(Path(results_dir) / "new_clients.csv", index=False)

@@ -6,7 +6,8 @@ from flwr.app import Context
 from flwr.client import Client
 from flwr.clientapp import ClientApp
 
-from flwr_pfedrlnas.flower.client import SubnetClient, client_id_from_context
+from flwr_pfedrlnas.flower.identity import client_id_from_context
+from flwr_pfedrlnas.flower.numpy_client import SubnetClient
 from flwr_pfedrlnas.flower.runconfig import load_data
 
 

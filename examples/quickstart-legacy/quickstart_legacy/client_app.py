@@ -3,7 +3,7 @@
 from flwr.client import ClientApp
 from flwr.common import Context
 
-from flwr_pfedrlnas.flower.client import SubnetClient
+from flwr_pfedrlnas.flower.numpy_client import SubnetClient
 from quickstart_legacy.task import load_data
 
 

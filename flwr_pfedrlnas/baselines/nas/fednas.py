@@ -26,7 +26,7 @@ from flwr_pfedrlnas.core.aggregation import check_subnet_state, extract_subnet, 
 from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.flower.identity import client_id_from_context
 from flwr_pfedrlnas.protocol.checkpoint import prefixed
 from flwr_pfedrlnas.supernets import get_supernet
 from flwr_pfedrlnas.training import evaluate

@@ -18,7 +18,7 @@ from flwr_pfedrlnas.baselines.nas.client import register_step
 from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.core.search_space import architecture_from_json
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.flower.identity import client_id_from_context
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.training import evaluate, recalibrate_batchnorm
 

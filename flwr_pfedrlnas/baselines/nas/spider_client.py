@@ -38,7 +38,7 @@ from flwr_pfedrlnas.baselines.nas.spider_search import (
 from flwr_pfedrlnas.core.cost import ComputeCounter
 from flwr_pfedrlnas.core.search_space import Architecture, architecture_to_json
 from flwr_pfedrlnas.flower import messages as m
-from flwr_pfedrlnas.flower.client import client_id_from_context
+from flwr_pfedrlnas.flower.identity import client_id_from_context
 from flwr_pfedrlnas.supernets import SupernetFamily, get_supernet
 from flwr_pfedrlnas.training import evaluate, recalibrate_as_configured, train
 
