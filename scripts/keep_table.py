@@ -8,6 +8,10 @@ final policies (``checkpoint/state.json``: each client's probability of
 argmax choice), and writes ``keep.csv``, ``keep.md`` and ``keep.png`` (one
 panel per run: per client, the probability of keeping each block personal,
 the deployed choice marked) beside the runs.
+
+Checkpoints stay on the machine that ran them (they are not committed), so a run
+folder whose checkpoint is gone keeps the rows an earlier ``keep.csv`` in the
+same folder holds for it: adding a new run never drops the older ones.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ def _softmax(logits: list[float]) -> np.ndarray:
 
 def collect(root: Path) -> pd.DataFrame:
     rows = []
-    for run in sorted(p for p in root.iterdir() if (p / "checkpoint" / "state.json").exists()):
+    fresh = {p.name for p in root.iterdir() if (p / "checkpoint" / "state.json").exists()}
+    carried = pd.DataFrame()
+    if (root / "keep.csv").exists():
+        earlier = pd.read_csv(root / "keep.csv", dtype={"client-id": str})
+        gone = [r for r in dict.fromkeys(earlier["run"]) if r not in fresh and (root / r).is_dir()]
+        carried = earlier[earlier["run"].isin(gone)]
+    for run in sorted(root / name for name in fresh):
         state = json.loads((run / "checkpoint" / "state.json").read_text())
         if "policies" not in state:  # a baseline's checkpoint: no search, nothing kept
             continue
@@ -65,7 +75,12 @@ def collect(root: Path) -> pd.DataFrame:
                         "policy-steps": int(policy["steps"]),
                     }
                 )
-    return pd.DataFrame(rows)
+    out = pd.concat([carried, pd.DataFrame(rows)], ignore_index=True)
+    if out.empty:
+        return out
+    order = sorted(dict.fromkeys(out["run"]))
+    out["_order"] = out["run"].map(order.index)
+    return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:

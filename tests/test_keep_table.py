@@ -46,3 +46,37 @@ def test_reads_the_kept_blocks_and_passes_over_a_baseline(tmp_path):
     assert rows["p-personal"].tolist() == [0.75, 0.5]
     assert list(rows["deployed"]) == ["personal", "shared"]
     assert list(rows["seed"]) == [0, 0] and list(rows["policy-steps"]) == [7, 5]
+
+
+def test_a_run_whose_checkpoint_is_gone_keeps_its_earlier_rows(tmp_path):
+    module = _module()
+    search = {
+        "completed_rounds": 4,
+        "policies": {"0": {"alpha": {"keep.classifier": [0.0, 0.0]}, "steps": 2}},
+    }
+    _run(tmp_path, "keep-s1", search, {"0": {"keep.classifier": "shared"}})
+    (tmp_path / "keep-s0").mkdir()  # its checkpoint was not kept
+    earlier = pd.DataFrame(
+        [
+            ["keep-s0", "keep", 0, 100, "7", "classifier", 0.9, "personal", 51],
+            ["keep-s1", "keep", 1, 2, "0", "classifier", 0.1, "shared", 1],  # superseded
+            ["gone-s0", "gone", 0, 100, "0", "classifier", 0.2, "shared", 9],  # folder gone
+        ],
+        columns=[
+            "run",
+            "variant",
+            "seed",
+            "rounds",
+            "client-id",
+            "block",
+            "p-personal",
+            "deployed",
+            "policy-steps",
+        ],
+    )
+    earlier.to_csv(tmp_path / "keep.csv", index=False)
+    rows = module.collect(tmp_path)
+    assert list(rows["run"]) == ["keep-s0", "keep-s1"]
+    assert list(rows["client-id"]) == ["7", "0"]  # read as text, as the fresh rows are
+    assert rows["p-personal"].tolist() == [0.9, 0.5]  # keep-s1 read anew from its checkpoint
+    assert list(rows["rounds"]) == [100, 4]
