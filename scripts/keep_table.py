@@ -11,7 +11,9 @@ the deployed choice marked) beside the runs.
 
 Checkpoints stay on the machine that ran them (they are not committed), so a run
 folder whose checkpoint is gone keeps the rows an earlier ``keep.csv`` in the
-same folder holds for it: adding a new run never drops the older ones.
+same folder holds for it: adding a new run never drops the older ones. A run
+with neither gives what its ``clients.csv`` records: the deployed choice of each
+client at its last evaluation, without the policy's probability (``—``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def collect(root: Path) -> pd.DataFrame:
         earlier = pd.read_csv(root / "keep.csv", dtype={"client-id": str})
         gone = [r for r in dict.fromkeys(earlier["run"]) if r not in fresh and (root / r).is_dir()]
         carried = earlier[earlier["run"].isin(gone)]
+    known = fresh | set(carried.get("run", []))
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in known):
+        rows += _deployed_only(run)
     for run in sorted(root / name for name in fresh):
         state = json.loads((run / "checkpoint" / "state.json").read_text())
         if "policies" not in state:  # a baseline's checkpoint: no search, nothing kept
@@ -83,6 +88,36 @@ def collect(root: Path) -> pd.DataFrame:
     return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
+def _deployed_only(run: Path) -> list[dict]:
+    """Rows of a run without a checkpoint, from its last evaluation in clients.csv."""
+    try:
+        clients = pd.read_csv(run / "clients.csv", dtype={"client-id": str})
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return []
+    if "arch" not in clients or clients.empty:
+        return []
+    last = clients[clients["round"] == clients["round"].max()]
+    variant, _, seed = run.name.rpartition("-s")
+    rows = []
+    for _, client in last.iterrows():
+        for dim, choice in json.loads(client["arch"]).items():
+            if dim.startswith(KEEP):
+                rows.append(
+                    {
+                        "run": run.name,
+                        "variant": variant,
+                        "seed": int(seed) if seed.isdigit() else seed,
+                        "rounds": int(client["round"]),
+                        "client-id": str(client["client-id"]),
+                        "block": dim[len(KEEP) :],
+                        "p-personal": float("nan"),
+                        "deployed": choice,
+                        "policy-steps": int(client.get("policy-steps", -1)),
+                    }
+                )
+    return rows
+
+
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (variant, block), group in rows.groupby(["variant", "block"], sort=False):
@@ -98,7 +133,9 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
                 "clients deploying it personal": " / ".join(
                     f"{v:.0%}" for v in per_seed["personal"]
                 ),
-                "mean P(personal)": " / ".join(f"{v:.2f}" for v in per_seed["p"]),
+                "mean P(personal)": " / ".join(
+                    "—" if np.isnan(v) else f"{v:.2f}" for v in per_seed["p"]
+                ),
             }
         )
     return pd.DataFrame(out)
@@ -115,17 +152,29 @@ def plot(rows: pd.DataFrame, path: Path) -> None:
         for j, block in enumerate(blocks):
             part = group[group["block"] == block].set_index("client-id").loc[clients]
             x = np.arange(len(clients)) + j * width
-            bars = ax.bar(x, part["p-personal"], width, label=block)
+            # Without the policy (no checkpoint) the bar is the deployed choice, hatched.
+            known = part["p-personal"].notna().to_numpy()
+            height = np.where(known, part["p-personal"], part["deployed"] == "personal")
+            bars = ax.bar(x, height, width, label=block, color=f"C{j}")
+            for bar, ok in zip(bars, known):
+                if not ok:
+                    bar.set_hatch("//")
+                    bar.set_alpha(0.5)
             for bar, choice in zip(bars, part["deployed"]):
                 if choice == "personal":
                     ax.text(bar.get_x() + bar.get_width() / 2, 1.02, "P", ha="center", fontsize=7)
         ax.set_xticks(np.arange(len(clients)) + 0.4 - width / 2, clients)
         ax.set_ylim(0, 1.12)
-        ax.set_title(run, fontsize=9)
+        title = run if group["p-personal"].notna().any() else f"{run} (deployed only)"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("client")
     axes[0][0].set_ylabel("final P(personal)")
     axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Share-or-keep: each client's choice per block (P: deployed personal)", fontsize=9)
+    fig.suptitle(
+        "Share-or-keep: each client's choice per block (P: deployed personal; "
+        "hatched: no policy kept, the deployed choice only)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

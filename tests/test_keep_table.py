@@ -80,3 +80,27 @@ def test_a_run_whose_checkpoint_is_gone_keeps_its_earlier_rows(tmp_path):
     assert list(rows["client-id"]) == ["7", "0"]  # read as text, as the fresh rows are
     assert rows["p-personal"].tolist() == [0.9, 0.5]  # keep-s1 read anew from its checkpoint
     assert list(rows["rounds"]) == [100, 4]
+
+
+def test_a_run_with_neither_gives_its_deployed_choices(tmp_path):
+    module = _module()
+    (tmp_path / "keep-s3").mkdir()
+
+    def arch(keep: str) -> str:
+        return json.dumps({"stage1.kernel": 3, "keep.classifier": keep})
+
+    pd.DataFrame(
+        [
+            {"round": 5, "client-id": "0", "arch": arch("shared"), "policy-steps": 2},
+            {"round": 10, "client-id": "0", "arch": arch("personal"), "policy-steps": 5},
+            {"round": 10, "client-id": "1", "arch": arch("shared"), "policy-steps": 4},
+        ]
+    ).to_csv(tmp_path / "keep-s3" / "clients.csv", index=False)
+    (tmp_path / "fedrep-s3").mkdir()  # a baseline: no clients.csv arch, nothing kept
+    rows = module.collect(tmp_path)
+    assert list(rows["deployed"]) == ["personal", "shared"]  # the last evaluation only
+    assert list(rows["rounds"]) == [10, 10] and list(rows["policy-steps"]) == [5, 4]
+    assert rows["p-personal"].isna().all()
+    summary = module.summarise(rows)
+    assert summary.iloc[0]["clients deploying it personal"] == "50%"
+    assert summary.iloc[0]["mean P(personal)"] == "—"
