@@ -275,6 +275,11 @@ def test_client_keeps_trains_and_resumes_its_block_and_leaves_it_alone_when_shar
     # 3. personal again, in a new run (fresh context): the copy comes back from the disk,
     #    the subnet starts from it, and no initial copy is needed.
     ctx2 = _context(state_dir=tmp_path)
+    on_disk = kept_file(ctx2, str(ctx2.node_config["client-id"]), {})
+    assert on_disk.suffix == ".npz" and not list(tmp_path.glob("*.tmp"))
+    with np.load(on_disk, allow_pickle=False) as npz:  # arrays only, nothing pickled
+        assert sorted(npz.files) == sorted(CLASSIFIER)
+        assert np.array_equal(npz["classifier.weight"], store1["classifier.weight"].numpy())
     search.kept.started("a", personal)
     state2, init2 = search.kept.downlink("a", search.supernet, personal, training=True)
     assert init2 == {}

@@ -3,7 +3,7 @@
 Personal tensors (FedRep's and FedBABU's heads, Local's whole model) live in
 ``context.state`` under ``personal-<method>`` and never travel; with a
 ``client-state-dir`` in the config they are mirrored to
-``<dir>/<client-id>.<method>.pt`` on the client's own disk so that they
+``<dir>/<client-id>.<method>.npz`` on the client's own disk so that they
 survive a restart of the run.
 """
 

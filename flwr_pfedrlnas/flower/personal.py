@@ -3,8 +3,8 @@
 Used by the personalised baselines (FedRep's head, Local's model, ...) and by
 PerFedRLNAS's share-or-keep blocks. Personal tensors never travel: they live
 in ``context.state`` under a name, and with a state directory they are also
-written to ``<dir>/<client-id>.<name>.pt`` (atomically) so that they survive
-a restart of the run.
+written to ``<dir>/<client-id>.<name>.npz`` (atomically; arrays only, nothing
+pickled, the format of every checkpoint here) so that they survive a restart.
 
 Share-or-keep on the client (:func:`assemble`, :func:`write_back`): the
 client holds the whole supernet tensors of each block it keeps. When its
@@ -23,9 +23,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message
 
+from flwr_pfedrlnas.core.checkpoint import atomic_write
 from flwr_pfedrlnas.core.search_space import Architecture
 from flwr_pfedrlnas.flower import messages as m
 from flwr_pfedrlnas.supernets.base import SupernetFamily
@@ -48,8 +50,8 @@ SHARE_OR_KEEP = "pfedrlnas-kept"
 
 
 def personal_file(directory: str | None, client_id: str, name: str) -> Path | None:
-    """``<directory>/<client_id>.<name>.pt``, or ``None`` without a directory."""
-    return Path(directory) / f"{client_id}.{name}.pt" if directory else None
+    """``<directory>/<client_id>.<name>.npz``, or ``None`` without a directory."""
+    return Path(directory) / f"{client_id}.{name}.npz" if directory else None
 
 
 def personal_record_key(name: str) -> str:
@@ -65,7 +67,8 @@ def load_personal(
     if key in context.state.array_records:
         return context.state.array_records[key].to_torch_state_dict()
     if path is not None and path.exists():
-        state = torch.load(path, weights_only=True)
+        with np.load(path, allow_pickle=False) as npz:
+            state = {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
         context.state[key] = ArrayRecord(state)
         return state
     return None
@@ -79,9 +82,8 @@ def save_personal(
     context.state[personal_record_key(name)] = ArrayRecord(state)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        arrays = {k: v.numpy() for k, v in state.items()}
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def kept_file(context: Context, client_id: str, config: Mapping) -> Path | None:
