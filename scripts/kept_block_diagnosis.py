@@ -4,7 +4,7 @@
 
 For a share-or-keep run of ``apps/pfedrlnas`` it loads the server's checkpoint
 (supernet and policies; ``RUN_DIR/checkpoint`` unless given) and the client's
-kept copies (``<checkpoint>/clients/<client-id>.pfedrlnas-kept.pt``), loads the
+kept copies (``<checkpoint>/clients/<client-id>.pfedrlnas-kept.npz``), loads the
 client's data as the app did (``runconfig.load_data`` on the run's
 ``config.json``) and tests the client's argmax subnet four ways: with
 ``keep.classifier`` shared and personal, each without
@@ -26,7 +26,12 @@ from flwr.app import Context, RecordDict
 
 from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.core.search import PerFedRLNASSearch
-from flwr_pfedrlnas.flower.personal import SHARE_OR_KEEP, assemble
+from flwr_pfedrlnas.flower.personal import (
+    SHARE_OR_KEEP,
+    assemble,
+    load_personal,
+    personal_file,
+)
 from flwr_pfedrlnas.flower.runconfig import load_data
 from flwr_pfedrlnas.training import evaluate, recalibrate_as_configured, split_batch
 
@@ -49,7 +54,10 @@ def diagnose(run: Path, client_id: str, checkpoint: Path) -> list[str]:
     context = Context(run_id=0, node_id=0, node_config=node, state=RecordDict(), run_config=cfg)
     train, test, val = load_data(context, int(cfg["batch-size"]))
     classes = family.config["num_classes"]
-    store = torch.load(checkpoint / "clients" / f"{client_id}.{SHARE_OR_KEEP}.pt")
+    path = personal_file(str(checkpoint / "clients"), client_id, SHARE_OR_KEEP)
+    store = load_personal(Context(0, 0, {}, RecordDict(), {}), SHARE_OR_KEEP, path)
+    if store is None:
+        raise SystemExit(f"no kept copy of client {client_id!r} at {path}")
     arch = search.policies[client_id].argmax()
     train_labels = np.bincount(_labels(None, train), minlength=classes).tolist()
     lines = [
