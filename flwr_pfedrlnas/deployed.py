@@ -1,24 +1,6 @@
 """Each client's deployed model as a file: arrays in .npz, the rest in JSON, no pickle.
 
-Layout of a deployed-models directory::
-
-    index.json                {"format": "flwr-pfedrlnas-deployed", "version": 1,
-                               "clients": {"<client-id>": "<stem>.json", ...}}
-    <stem>.json               one client: "client-id", "supernet" (family name),
-                              "supernet-config" (its size knobs), "arch" (the
-                              architecture as JSON), "round", "batchnorm-statistics",
-                              "weights" (the .npz file name), "keys" (state_dict order)
-    <stem>-r<round>.npz       the subnet's state_dict, one array per key
-
-``<stem>`` is the client id when it is a plain file name, else a hash of it.
-Every file is written under a temporary name and renamed; a client's JSON,
-renamed last, names its .npz, so a crash leaves the previous pair readable.
-
-``batchnorm-statistics`` says where the running statistics come from:
-``"client"``: the client re-estimated them on its local training data before
-testing this model (what it deploys), ``"supernet"``: the supernet's merged
-statistics (no client reported its own; re-estimate them with
-:func:`flwr_pfedrlnas.training.recalibrate_batchnorm` on local data first).
+Format and behaviour: docs/files.md, "Deployed models".
 """
 
 from __future__ import annotations

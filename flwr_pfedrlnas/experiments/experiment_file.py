@@ -1,21 +1,6 @@
 """An experiment file: the TOML that lists the methods of a reproduction and their settings.
 
-An experiment is one TOML file, ``experiments/<name>.toml`` (or any path)::
-
-    title = "..."
-    [federation-config]          # --federation-config of every run
-    num-supernodes = 10
-    client-resources-num-cpus = 1
-    [env]                        # extra environment of every run (optional)
-    OMP_NUM_THREADS = "1"
-    [run-config]                 # shared run config; a key goes to a method's app
-    num-server-rounds = 30       # only if the app's pyproject declares it
-    num-clients = 10
-    [[method]]
-    name = "pfedrlnas"           # results go to <out>/<name>/, the log to <out>/<name>.log
-    label = "PerFedRLNAS"
-    app = "apps/pfedrlnas"       # relative: to the working directory, else the repository
-    run-config = { method = "pfedrlnas" }   # always passed (a key the app lacks is an error)
+Format and behaviour: docs/files.md, "Experiment files".
 """
 
 from __future__ import annotations

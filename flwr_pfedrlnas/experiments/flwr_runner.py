@@ -1,16 +1,6 @@
 """Running an experiment's methods through ``flwr run`` on one private local SuperLink.
 
-Every method runs as exactly what a user types::
-
-    flwr run <app> --stream --federation-config "..." --run-config "... results-dir='<out>/<name>'"
-
-one after the other on one private managed local SuperLink: a temporary
-``FLWR_HOME`` with free ports, telemetry, update check and runtime dependency
-installation off. ``flwr run --stream`` exits 0 even when the run fails, so a
-run counts as done only if ``rounds.csv`` holds the expected rounds and, when
-``flwr ls`` answers, the run's status is ``finished:completed``. At the end
-(also on errors and Ctrl-C) every process carrying that ``FLWR_HOME`` (the
-SuperLink, its SuperExec and simulation processes) is stopped by pid.
+Format and behaviour: docs/files.md, "How a reproduction runs each method".
 """
 
 from __future__ import annotations

@@ -1,27 +1,6 @@
 """Tables and plots of a reproduction: pure functions on the runs' CSV files.
 
-Every method of an experiment writes ``rounds.csv`` (one row per round) and
-``clients.csv`` (each client's last evaluation; PerFedRLNAS and the NAS
-baselines add the client's deployed architecture as a JSON ``arch`` column)
-into its own directory. This module turns those files into
-
-- ``table.md`` and ``table.csv``: per method, the personalised accuracy
-  (mean ± std over clients) at the last round and at the best round (the
-  round with the highest mean), the simulated latency (``latency-total-s`` of
-  the last round), the bytes moved per round (mean of ``bytes-down`` +
-  ``bytes-up``) and the wall time of the run;
-- ``accuracy_vs_round.png``, ``accuracy_vs_latency.png`` (mean with a ±std
-  band, every method on one figure), ``client_accuracy.png`` (the per-client
-  accuracies of the last round, box plot and points);
-- ``theorem1.png``: for every pair of clients of a method that deploys
-  per-client architectures, the similarity of their architectures against
-  the similarity of their label mixes, with the Pearson and Spearman
-  correlations written into ``table.md``.
-
-Nothing here runs Flower; :mod:`flwr_pfedrlnas.experiments.reproduce` calls
-:func:`write_report` after its runs, and ``--report-only`` calls it alone.
-The table is built in :mod:`.report_tables`, the plots in :mod:`.report_plots`
-and the Theorem-1 analysis in :mod:`.report_theorem1`.
+Format and behaviour: docs/files.md, "What a reproduction writes".
 """
 
 from __future__ import annotations

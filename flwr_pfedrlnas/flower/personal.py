@@ -1,20 +1,6 @@
 """A client's personal tensors: kept in ``context.state``, mirrored to its own disk.
 
-Used by the personalised baselines (FedRep's head, Local's model, ...) and by
-PerFedRLNAS's share-or-keep blocks. Personal tensors never travel: they live
-in ``context.state`` under a name, and with a state directory they are also
-written to ``<dir>/<client-id>.<name>.npz`` (atomically; arrays only, nothing
-pickled, the format of every checkpoint here) so that they survive a restart.
-
-Share-or-keep on the client (:func:`assemble`, :func:`write_back`): the
-client holds the whole supernet tensors of each block it keeps. When its
-architecture keeps a block personal, the subnet's tensors of that block are
-cut from that copy (the server sent none of them) and, after training, written
-back into it; the reply leaves them out. The first time, the copy is started
-from the block's shared tensors that the server sends once (``personal-init``).
-When the architecture uses the block shared, the client trains and returns
-the server's weights for it like any other block, and its personal copy is
-left exactly as it was: switching back to ``"personal"`` resumes from it.
+Format and behaviour: docs/files.md, "Personal tensors on the client".
 """
 
 from __future__ import annotations
