@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_server.py"
+from script_loader import load_script
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_server", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_server")
 
 
 def test_quick_run_writes_positive_finite_figures(tmp_path):

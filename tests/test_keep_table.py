@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pandas as pd
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "keep_table.py"
+from script_loader import load_script
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("keep_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("keep_table")
 
 
 def _run(root: Path, name: str, state: dict, archs: dict[str, dict] | None = None) -> None:

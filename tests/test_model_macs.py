@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from script_loader import load_script
 
 from flwr_pfedrlnas.baselines.models import build_model
 from flwr_pfedrlnas.core.cost import count_macs, subnet_macs
 from flwr_pfedrlnas.supernets import get_supernet
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "model_macs.py"
 KNOBS = {"width_mult": 0.35, "num_stages": 2, "depth_choices": [1, 2], "in_channels": 1}
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("model_macs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("model_macs")
 
 
 def _write(run: Path, config: dict, clients: list[dict] | None) -> None:
