@@ -61,31 +61,44 @@ def collect(root: Path) -> pd.DataFrame:
         if clients is not None and "arch" in clients:
             pairs = zip(clients["client-id"], clients["arch"])
             deployed = {str(c): json.loads(a) for c, a in pairs}
-        variant, _, seed = run.name.rpartition("-s")
         for cid, policy in state["policies"].items():
             for dim, logits in policy["alpha"].items():
                 if not dim.startswith(KEEP):
                     continue
                 # Choices are ("shared", "personal"), in that order.
                 rows.append(
-                    {
-                        "run": run.name,
-                        "variant": variant,
-                        "seed": int(seed) if seed.isdigit() else seed,
-                        "rounds": int(state["completed_rounds"]),
-                        "client-id": str(cid),
-                        "block": dim[len(KEEP) :],
-                        "p-personal": float(_softmax(logits)[1]),
-                        "deployed": deployed.get(str(cid), {}).get(dim, ""),
-                        "policy-steps": int(policy["steps"]),
-                    }
+                    _row(
+                        run,
+                        dim,
+                        rounds=int(state["completed_rounds"]),
+                        client_id=str(cid),
+                        p_personal=float(_softmax(logits)[1]),
+                        deployed=deployed.get(str(cid), {}).get(dim, ""),
+                        steps=int(policy["steps"]),
+                    )
                 )
     out = pd.concat([carried, pd.DataFrame(rows)], ignore_index=True)
     if out.empty:
         return out
-    order = sorted(dict.fromkeys(out["run"]))
-    out["_order"] = out["run"].map(order.index)
-    return out.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    return out.sort_values("run", kind="stable").reset_index(drop=True)
+
+
+def _row(
+    run: Path, dim: str, rounds: int, client_id: str, p_personal: float, deployed: str, steps: int
+) -> dict:
+    """One row of keep.csv: a client's choice for the block of dimension ``dim``."""
+    variant, _, seed = run.name.rpartition("-s")
+    return {
+        "run": run.name,
+        "variant": variant,
+        "seed": int(seed) if seed.isdigit() else seed,
+        "rounds": rounds,
+        "client-id": client_id,
+        "block": dim[len(KEEP) :],
+        "p-personal": p_personal,
+        "deployed": deployed,
+        "policy-steps": steps,
+    }
 
 
 def _deployed_only(run: Path) -> list[dict]:
@@ -97,25 +110,20 @@ def _deployed_only(run: Path) -> list[dict]:
     if "arch" not in clients or clients.empty:
         return []
     last = clients[clients["round"] == clients["round"].max()]
-    variant, _, seed = run.name.rpartition("-s")
-    rows = []
-    for _, client in last.iterrows():
-        for dim, choice in json.loads(client["arch"]).items():
-            if dim.startswith(KEEP):
-                rows.append(
-                    {
-                        "run": run.name,
-                        "variant": variant,
-                        "seed": int(seed) if seed.isdigit() else seed,
-                        "rounds": int(client["round"]),
-                        "client-id": str(client["client-id"]),
-                        "block": dim[len(KEEP) :],
-                        "p-personal": float("nan"),
-                        "deployed": choice,
-                        "policy-steps": int(client.get("policy-steps", -1)),
-                    }
-                )
-    return rows
+    return [
+        _row(
+            run,
+            dim,
+            rounds=int(client["round"]),
+            client_id=str(client["client-id"]),
+            p_personal=float("nan"),
+            deployed=choice,
+            steps=int(client.get("policy-steps", -1)),
+        )
+        for _, client in last.iterrows()
+        for dim, choice in json.loads(client["arch"]).items()
+        if dim.startswith(KEEP)
+    ]
 
 
 def summarise(rows: pd.DataFrame) -> pd.DataFrame:
