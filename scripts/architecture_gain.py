@@ -26,19 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from flwr.app import Context, RecordDict
+from kept_block_diagnosis import client_data, kept_copy, subnet_model  # scripts/, beside this
 
-from flwr_pfedrlnas.core.aggregation import extract_subnet
 from flwr_pfedrlnas.core.search import PerFedRLNASSearch
 from flwr_pfedrlnas.core.search_space import Architecture
-from flwr_pfedrlnas.flower.personal import (
-    SHARE_OR_KEEP,
-    assemble,
-    load_personal,
-    personal_file,
-)
-from flwr_pfedrlnas.flower.runconfig import load_data
 from flwr_pfedrlnas.training import evaluate, recalibrate_as_configured
 
 KEEP = "keep."
@@ -71,11 +62,8 @@ def measure(run: Path, checkpoint: Path, num_random: int, seed: int) -> pd.DataF
     family = search.family
     rows = []
     for client_id in sorted(search.policies, key=lambda c: (len(c), c)):
-        node = {"partition-id": int(client_id), "num-partitions": int(cfg["num-clients"])}
-        context = Context(0, 0, node, RecordDict(), cfg)
-        train, test, _ = load_data(context, int(cfg["batch-size"]))
-        path = personal_file(str(checkpoint / "clients"), client_id, SHARE_OR_KEEP)
-        store = load_personal(Context(0, 0, {}, RecordDict(), {}), SHARE_OR_KEEP, path)
+        train, test, _ = client_data(cfg, client_id)
+        store = kept_copy(checkpoint, client_id)
         deployed = search.policies[client_id].argmax()
         rng = np.random.default_rng([seed, int(client_id)])
         drawn = [family.search_space.sample(rng) for _ in range(num_random)]
@@ -85,13 +73,7 @@ def measure(run: Path, checkpoint: Path, num_random: int, seed: int) -> pd.DataF
         for kind, arch in subnets:
             if needs_store(arch) and store is None:
                 continue  # a personal block this client never held: nothing to test
-            received = {
-                k: torch.from_numpy(np.array(v))
-                for k, v in extract_subnet(family, search.supernet, arch).items()
-            }
-            state, _ = assemble(family, arch, received, dict(store or {}))
-            model = family.build_subnet(arch)
-            model.load_state_dict(state)
+            model = subnet_model(family, search.supernet, arch, store)
             recalibrate_as_configured(model, train, -1, "cpu")
             rows.append(
                 {

@@ -45,19 +45,39 @@ def _labels(model: torch.nn.Module | None, loader) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+def client_data(cfg: dict, client_id: str):
+    """The node's loaders exactly as the app loaded them (same split, same loader seeds)."""
+    node = {"partition-id": int(client_id), "num-partitions": int(cfg["num-clients"])}
+    context = Context(run_id=0, node_id=0, node_config=node, state=RecordDict(), run_config=cfg)
+    return load_data(context, int(cfg["batch-size"]))
+
+
+def kept_copy(checkpoint: Path, client_id: str) -> dict[str, torch.Tensor] | None:
+    """The client's kept blocks mirrored beside the checkpoint, or ``None``."""
+    path = personal_file(str(checkpoint / "clients"), client_id, SHARE_OR_KEEP)
+    return load_personal(Context(0, 0, {}, RecordDict(), {}), SHARE_OR_KEEP, path)
+
+
+def subnet_model(family, supernet, arch, store) -> torch.nn.Module:
+    """The subnet of ``arch`` cut from ``supernet``, its kept blocks from ``store``."""
+    received = {
+        k: torch.from_numpy(np.array(v)) for k, v in extract_subnet(family, supernet, arch).items()
+    }
+    state, _ = assemble(family, arch, received, dict(store or {}))
+    model = family.build_subnet(arch)
+    model.load_state_dict(state)
+    return model
+
+
 def diagnose(run: Path, client_id: str, checkpoint: Path) -> list[str]:
     cfg = json.loads((run / "config.json").read_text())["run-config"]
     search, _ = PerFedRLNASSearch.from_checkpoint(str(checkpoint))
     family = search.family
-    # The node's data exactly as the app loaded it (same split, same loader seeds).
-    node = {"partition-id": int(client_id), "num-partitions": int(cfg["num-clients"])}
-    context = Context(run_id=0, node_id=0, node_config=node, state=RecordDict(), run_config=cfg)
-    train, test, val = load_data(context, int(cfg["batch-size"]))
+    train, test, val = client_data(cfg, client_id)
     classes = family.config["num_classes"]
-    path = personal_file(str(checkpoint / "clients"), client_id, SHARE_OR_KEEP)
-    store = load_personal(Context(0, 0, {}, RecordDict(), {}), SHARE_OR_KEEP, path)
+    store = kept_copy(checkpoint, client_id)
     if store is None:
-        raise SystemExit(f"no kept copy of client {client_id!r} at {path}")
+        raise SystemExit(f"no kept copy of client {client_id!r} beside {checkpoint}")
     arch = search.policies[client_id].argmax()
     train_labels = np.bincount(_labels(None, train), minlength=classes).tolist()
     lines = [
@@ -70,13 +90,7 @@ def diagnose(run: Path, client_id: str, checkpoint: Path) -> list[str]:
     ]
     for keep in ("shared", "personal"):
         chosen = {**arch, "keep.classifier": keep}
-        received = {
-            k: torch.from_numpy(np.array(v))
-            for k, v in extract_subnet(family, search.supernet, chosen).items()
-        }
-        state, _ = assemble(family, chosen, received, dict(store))
-        model = family.build_subnet(chosen)
-        model.load_state_dict(state)
+        model = subnet_model(family, search.supernet, chosen, store)
         for batches, how in ((0, "as trained"), (-1, "re-estimated")):
             tested = copy.deepcopy(model)
             recalibrate_as_configured(tested, train, batches, "cpu")
