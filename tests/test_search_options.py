@@ -129,6 +129,32 @@ def test_warmup_updates_keep_the_policy_uniform():
     assert any(np.any(a != 0) for a in search.policy("a").alpha.values())
 
 
+def test_commit_round_trains_the_argmax_and_freezes_the_policy():
+    cfg = SearchConfig.recommended(commit_round=4, seed=1, reward_accuracy="validation")
+    search = PerFedRLNASSearch(_family(), cfg)
+    for rnd, acc in enumerate([0.2, 0.6, 0.4], start=1):
+        _round(search, rnd, {"a": acc, "b": 1 - acc})
+    assert [search.config.committed(r) for r in (3, 4, 9)] == [False, True, True]
+    alpha = {c: {n: a.copy() for n, a in search.policy(c).alpha.items()} for c in "ab"}
+    assert any(np.any(a != 0) for a in alpha["a"].values())  # rounds 1-3 did learn
+    for rnd, acc in ((4, 0.9), (5, 0.1)):
+        # The round's number is the proposal's, given or (here) the next one.
+        proposals = {c: search.propose(c, rnd if c == "a" else None) for c in "ab"}
+        assert all(p.arch == search.policy(c).argmax() for c, p in proposals.items())
+        outcome = search.incorporate(
+            rnd,
+            [
+                ClientReply(c, p.arch, p.state, 10, acc, val_accuracy=acc)
+                for c, p in proposals.items()
+            ],
+        )
+        assert outcome.accepted == ["a", "b"] and set(outcome.rewards) == {"a", "b"}
+        for c in "ab":  # rewarded and merged, but no policy moves
+            assert all(np.array_equal(search.policy(c).alpha[n], a) for n, a in alpha[c].items())
+    # Before the commit round, the same search samples (commit_round 0: never commits).
+    assert not SearchConfig().committed(10**6)
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -143,6 +169,9 @@ def test_warmup_updates_keep_the_policy_uniform():
         ("round_time_model", "flops"),
         ("seconds_per_mac", 0.0),
         ("policy_optimizer", "rmsprop"),
+        ("commit_round", -1),
+        ("commit_round", 2.0),
+        ("commit_round", True),
     ],
 )
 def test_bad_option_is_refused_naming_field_and_value(field, value):
@@ -282,3 +311,19 @@ def test_a_reply_without_the_rewards_accuracy_is_refused(split):
 def test_an_unknown_reward_accuracy_is_refused_naming_it():
     with pytest.raises(ValueError, match="reward_accuracy must be one of .* got 'train'"):
         SearchConfig(reward_accuracy="train")
+
+
+def test_commit_round_from_the_run_config_survives_a_preset():
+    import tomllib
+    from pathlib import Path
+
+    from flwr_pfedrlnas.flower.runconfig import search_config_from_run_config
+
+    app = Path(__file__).resolve().parent.parent / "apps" / "pfedrlnas"
+    cfg = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert search_config_from_run_config(cfg).commit_round == 0  # the paper never commits
+    for preset in ("", "ours", "paper"):
+        chosen = search_config_from_run_config({**cfg, "search-preset": preset, "commit-round": 81})
+        assert chosen.commit_round == 81, preset
+    with pytest.raises(ValueError, match=r"commit_round .*-3"):
+        search_config_from_run_config({**cfg, "commit-round": -3})

@@ -150,10 +150,17 @@ class PerFedRLNASSearch(SearchOnlyRounds):
         return [pool[i] for i in sorted(picked)]
 
     # ------------------------------------------------------------------ round
-    def propose(self, client_id: str) -> Proposal:
-        """Sample ``client_id``'s architecture from its policy and cut its subnet."""
+    def propose(self, client_id: str, server_round: int | None = None) -> Proposal:
+        """Sample ``client_id``'s architecture from its policy and cut its subnet.
+
+        From ``config.commit_round`` on, the policy's argmax instead of a sample.
+        ``server_round`` defaults to the round after the last one incorporated.
+        """
         cid = str(client_id)
-        arch = self.policy(cid).sample(self.rng)
+        if server_round is None:
+            server_round = self.completed_rounds + 1
+        policy = self.policy(cid)
+        arch = policy.argmax() if self.config.committed(server_round) else policy.sample(self.rng)
         # Read-only views, not copies: the payload is serialised and dropped, and the
         # supernet is never written in place (the merge returns new arrays), so a
         # sent state keeps its values after the round's merge.
@@ -287,6 +294,8 @@ class PerFedRLNASSearch(SearchOnlyRounds):
             cid = str(reply.client_id)
             if stats.count(cid) <= cfg.warmup_updates:
                 continue  # warm-up: the statistics learn, the policy stays uniform
+            if cfg.committed(server_round):
+                continue  # committed: the argmax was trained, not a sample of the policy
             policy = copy.deepcopy(self.policy(cid))
             policy.update(self.pending[cid].arch, rewards[cid], cfg.entropy_bonus)  # eq. 6
             new_policies[cid] = policy

@@ -99,6 +99,11 @@ class SearchConfig:
         the model the client deploys (ours). The last two need a validation
         split (``val-fraction`` > 0 in the apps). A reply without the one
         asked for is rejected.
+    commit_round : int (default: 0)
+        Ours, explore then commit: from this server round on, every client
+        trains the argmax of its policy (the architecture it deploys) instead
+        of a sample, and no policy changes any more, so the last rounds train
+        the deployed subnets and the blocks they keep. 0: never (the paper).
     """
 
     policy_lr: float = 0.5
@@ -119,6 +124,7 @@ class SearchConfig:
     round_time_model: str = "measured"
     seconds_per_mac: float = 1e-6
     reward_accuracy: str = "test"
+    commit_round: int = 0
 
     def __post_init__(self) -> None:
         for name in ("bandwidth_down_bps", "bandwidth_up_bps", "policy_lr", "seconds_per_mac"):
@@ -145,9 +151,14 @@ class SearchConfig:
         decay = self.baseline_decay
         if isinstance(decay, bool) or not (isinstance(decay, (int, float)) and 0 <= decay < 1):
             raise ValueError(f"baseline_decay must be in [0, 1), got {decay!r}")
-        warmup = self.warmup_updates
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup_updates must be an integer >= 0, got {warmup!r}")
+        for name in ("warmup_updates", "commit_round"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+    def committed(self, server_round: int) -> bool:
+        """Whether ``server_round`` trains argmax architectures (see ``commit_round``)."""
+        return 0 < self.commit_round <= server_round
 
     @classmethod
     def recommended(cls, **overrides: Any) -> SearchConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +22,14 @@ from flwr_pfedrlnas.supernets.base import SupernetFamily
 __all__ = [
     "SETTINGS",
     "VARIANTS",
+    "VariantSpec",
     "FederationSetting",
     "SearchSpaceOnlyFamily",
     "SyntheticFederation",
     "VariantResult",
     "run_variant",
     "uniform_oracle",
+    "variant_config",
 ]
 
 
@@ -167,7 +169,25 @@ SETTINGS: dict[str, FederationSetting] = {
 }
 
 _OURS = SearchConfig.recommended
-VARIANTS: dict[str, SearchConfig] = {
+# A variant is a config, or a config made for the setting (one whose schedule needs the rounds).
+VariantSpec = SearchConfig | Callable[[FederationSetting], SearchConfig]
+
+
+def _commit_last(fraction: float) -> Callable[[FederationSetting], SearchConfig]:
+    """Our preset, committing to the argmax for the last ``fraction`` of the rounds."""
+
+    def make(setting: FederationSetting) -> SearchConfig:
+        return _OURS(commit_round=setting.rounds - round(fraction * setting.rounds) + 1)
+
+    return make
+
+
+def variant_config(spec: VariantSpec, setting: FederationSetting) -> SearchConfig:
+    """The ``SearchConfig`` a variant runs with at ``setting``."""
+    return spec if isinstance(spec, SearchConfig) else spec(setting)
+
+
+VARIANTS: dict[str, VariantSpec] = {
     "paper (eq. 8, adam 0.5)": SearchConfig(),
     "eq. 8, adam 0.05": SearchConfig(policy_lr=0.05),
     "eq. 8, shared std, sgd 0.1": _OURS(reward_baseline="global-mean"),
@@ -183,6 +203,7 @@ VARIANTS: dict[str, SearchConfig] = {
     "ours + entropy bonus 0.05": _OURS(entropy_bonus=0.05),
     "ours + warm-up 3 updates": _OURS(warmup_updates=3),
     "ours, measured time, lambda 0.01": _OURS(round_time_model="measured", lambda_time=0.01),
+    "ours + commit, last 20 % of rounds": _commit_last(0.2),
     "ours (recommended)": _OURS(),
 }
 
@@ -269,12 +290,12 @@ class VariantResult:
 
 
 def run_variant(
-    name: str, config: SearchConfig, setting: FederationSetting, seed: int
+    name: str, config: VariantSpec, setting: FederationSetting, seed: int
 ) -> VariantResult:
     """Drive the real search core through ``setting``'s rounds with ``config``."""
     fed = SyntheticFederation(setting, seed)
     family = SearchSpaceOnlyFamily([(d.name, d.choices) for d in fed.space])
-    search = PerFedRLNASSearch(family, config.replace(seed=int(seed)))
+    search = PerFedRLNASSearch(family, variant_config(config, setting).replace(seed=int(seed)))
     max_entropy = search.policy(fed.clients[0]).max_entropy()
     gap = setting.arch_gap
     sampled_regret: list[float] = []
@@ -283,7 +304,7 @@ def run_variant(
     for server_round in range(1, setting.rounds + 1):
         replies = []
         for cid in search.sample_clients(fed.clients, setting.clients_per_round):
-            proposal = search.propose(cid)
+            proposal = search.propose(cid, server_round)
             acc = fed.accuracy(cid, proposal.arch, server_round)
             sampled_regret.append(gap - fed.effect(cid, proposal.arch))
             secs = fed.compute_seconds()

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from flwr_pfedrlnas.core.search_config import SearchConfig
 from flwr_pfedrlnas.experiments.search_bench import (
     SETTINGS,
     VARIANTS,
     FederationSetting,
     VariantResult,
+    VariantSpec,
     run_variant,
     uniform_oracle,
 )
@@ -27,7 +27,7 @@ _FIGURES = ("recovered", "regret_argmax", "regret_sampled", "entropy_fraction")
 
 def run_benchmark(
     settings: Sequence[FederationSetting],
-    variants: Mapping[str, SearchConfig],
+    variants: Mapping[str, VariantSpec],
     seeds: Sequence[int],
     reference: bool = True,
 ) -> list[VariantResult]:

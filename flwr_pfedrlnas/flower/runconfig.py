@@ -55,7 +55,8 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
 
     ``search-preset`` ``""`` takes every key as given; ``"paper"`` or ``"ours"``
     (``SearchConfig.recommended()``) sets the reward, policy and round-time keys
-    to the preset's values, whatever the run config says for them.
+    to the preset's values, whatever the run config says for them; ``commit-round``
+    is a schedule, not a preset key, and is kept.
     """
     bandwidth = bandwidth_bps_of(cfg["bandwidth-mbps"])
     paper = SearchConfig()
@@ -76,6 +77,7 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
         round_time_model=str(cfg.get("round-time-model", paper.round_time_model)),
         reward_accuracy=str(cfg.get("reward-accuracy", paper.reward_accuracy)),
         seconds_per_mac=float(cfg.get("seconds-per-mac", paper.seconds_per_mac)),
+        commit_round=int(cfg.get("commit-round", paper.commit_round)),
     )
     preset = str(cfg.get("search-preset", ""))
     if not preset:
@@ -86,6 +88,7 @@ def search_config_from_run_config(cfg: dict[str, Any]) -> SearchConfig:
         "weighting": config.weighting,
         "memory_aware": config.memory_aware,
         "seed": config.seed,
+        "commit_round": config.commit_round,
     }
     try:
         chosen = SearchConfig.preset(preset, **kept)

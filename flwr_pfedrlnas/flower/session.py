@@ -271,7 +271,7 @@ class SearchSession(RoundSettingsAttributes):
         t0 = time.perf_counter()
         pool = self.training_clients(client_ids)
         clients = self.search.sample_clients(pool, self.clients_per_round)
-        proposals = [self.search.propose(cid) for cid in clients]
+        proposals = [self.search.propose(cid, self.global_round(server_round)) for cid in clients]
         self.ledger.server_seconds += time.perf_counter() - t0
         log(INFO, "round %d: sampled clients %s", self.global_round(server_round), clients)
         return proposals
