@@ -86,14 +86,21 @@ def measure(run: Path, checkpoint: Path, num_random: int, seed: int) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_arguments(doc: str, num_random: int, argv: list[str] | None) -> argparse.Namespace:
+    """``RUN_DIR [--checkpoint DIR] [--random N] [--seed S]``; ``checkpoint`` filled in."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a run folder (config.json, checkpoint/)")
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--random", type=int, default=5, help="random architectures per client")
+    parser.add_argument("--random", type=int, default=num_random, help="random architectures")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    rows = measure(args.run, args.checkpoint or args.run / "checkpoint", args.random, args.seed)
+    args.checkpoint = args.checkpoint or args.run / "checkpoint"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = run_arguments(__doc__, 5, argv)
+    rows = measure(args.run, args.checkpoint, args.random, args.seed)
     rows.to_csv(args.run / "architecture_gain.csv", index=False)
     summary = summarise(rows)
     print("| " + " | ".join(summary) + " |")

@@ -29,14 +29,13 @@ Writes ``architecture_personal.csv`` (a row per client, architecture and half) a
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from architecture_gain import needs_store, with_keep_choices  # scripts/, beside this
+from architecture_gain import needs_store, run_arguments, with_keep_choices  # scripts/
 from kept_block_diagnosis import client_data, kept_copy, subnet_model
 
 from flwr_pfedrlnas.core.search import PerFedRLNASSearch
@@ -160,13 +159,8 @@ def markdown(rows: pd.DataFrame, summary: dict[str, float], command: str) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="a run folder (config.json, checkpoint/)")
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--random", type=int, default=6, help="random architectures")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    rows = measure(args.run, args.checkpoint or args.run / "checkpoint", args.random, args.seed)
+    args = run_arguments(__doc__, 6, argv)
+    rows = measure(args.run, args.checkpoint, args.random, args.seed)
     rows.to_csv(args.run / "architecture_personal.csv", index=False)
     summary = summarise(rows)
     command = (
