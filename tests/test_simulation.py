@@ -89,8 +89,8 @@ def _simulate(strategy, num_rounds):
     proposed = []
     propose = strategy.search.propose
 
-    def recording_propose(cid):
-        proposal = propose(cid)
+    def recording_propose(cid, server_round=None):
+        proposal = propose(cid, server_round)
         proposed.append(proposal)
         return proposal
 
