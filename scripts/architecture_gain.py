@@ -86,6 +86,16 @@ def measure(run: Path, checkpoint: Path, num_random: int, seed: int) -> pd.DataF
     return pd.DataFrame(rows)
 
 
+def summary_table(summary: dict[str, float], digits: int) -> list[str]:
+    """A one-row markdown table of ``summary`` (floats to ``digits`` places)."""
+    values = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in summary.values()]
+    return [
+        "| " + " | ".join(summary) + " |",
+        "|" + "---|" * len(summary),
+        "| " + " | ".join(values) + " |",
+    ]
+
+
 def run_arguments(doc: str, num_random: int, argv: list[str] | None) -> argparse.Namespace:
     """``RUN_DIR [--checkpoint DIR] [--random N] [--seed S]``; ``checkpoint`` filled in."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -102,14 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     args = run_arguments(__doc__, 5, argv)
     rows = measure(args.run, args.checkpoint, args.random, args.seed)
     rows.to_csv(args.run / "architecture_gain.csv", index=False)
-    summary = summarise(rows)
-    print("| " + " | ".join(summary) + " |")
-    print("|" + "---|" * len(summary))
-    print(
-        "| "
-        + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in summary.values())
-        + " |"
-    )
+    print("\n".join(summary_table(summarise(rows), 3)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ client ``i``, BatchNorm re-estimated on ``i``'s training split as the tables do,
 - the deployed architecture (policy argmax) of every client ``j``;
 - the same ``--random`` uniformly random architectures for every client.
 
-Each client's test split is scored in two halves (even and odd examples) as well as whole.
+Each client's test split is scored in two halves (even and odd examples); the whole
+split's accuracy is their pooled count.
 
 - **own advantage**: ``acc(i, arch_i) - mean over j != i of acc(i, arch_j)``, the mean over
   clients: does the architecture searched for a client serve it better than those searched
@@ -35,7 +36,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from architecture_gain import needs_store, run_arguments, with_keep_choices  # scripts/
+from architecture_gain import (  # scripts/, beside this
+    needs_store,
+    run_arguments,
+    summary_table,
+    with_keep_choices,
+)
 from kept_block_diagnosis import client_data, kept_copy, subnet_model
 
 from flwr_pfedrlnas.core.search import PerFedRLNASSearch
@@ -92,10 +98,19 @@ def _halves(loader) -> dict[str, torch.utils.data.DataLoader]:
     index = np.arange(len(data))
     make = torch.utils.data.DataLoader
     return {
-        "whole": loader,
         "A": make(torch.utils.data.Subset(data, index[0::2].tolist()), batch_size=256),
         "B": make(torch.utils.data.Subset(data, index[1::2].tolist()), batch_size=256),
     }
+
+
+def _scores(model: torch.nn.Module, halves: dict) -> dict[str, float]:
+    """Accuracy on each half and on the whole split, the whole from the halves' counts."""
+    correct, total = {}, {}
+    for half, loader in halves.items():
+        _, acc, n = evaluate(model, loader, "cpu")
+        correct[half], total[half] = round(acc * n), n
+    out = {"whole": sum(correct.values()) / sum(total.values())}
+    return out | {half: correct[half] / total[half] for half in halves}
 
 
 def measure(run: Path, checkpoint: Path, num_random: int, seed: int) -> pd.DataFrame:
@@ -109,7 +124,7 @@ def measure(run: Path, checkpoint: Path, num_random: int, seed: int) -> pd.DataF
     rows = []
     for client_id in clients:
         train, test, _ = client_data(cfg, client_id)
-        loaders = _halves(test)
+        halves = _halves(test)
         store = kept_copy(checkpoint, client_id)
         own = archs[f"deployed-{client_id}"]
         for arch_id, drawn in archs.items():
@@ -118,14 +133,14 @@ def measure(run: Path, checkpoint: Path, num_random: int, seed: int) -> pd.DataF
                 raise SystemExit(f"client {client_id} keeps a block but has no kept copy")
             model = subnet_model(family, search.supernet, arch, store)
             recalibrate_as_configured(model, train, -1, "cpu")
-            for half, loader in loaders.items():
+            for half, accuracy in _scores(model, halves).items():
                 rows.append(
                     {
                         "client-id": client_id,
                         "arch-id": arch_id,
                         "half": half,
                         "arch": json.dumps(arch, sort_keys=True),
-                        "accuracy": float(evaluate(model, loader, "cpu")[1]),
+                        "accuracy": accuracy,
                     }
                 )
     return pd.DataFrame(rows)
@@ -142,11 +157,7 @@ def markdown(rows: pd.DataFrame, summary: dict[str, float], command: str) -> str
         "",
         f"`{command}`",
         "",
-        "| " + " | ".join(summary) + " |",
-        "|" + "---|" * len(summary),
-        "| "
-        + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in summary.values())
-        + " |",
+        *summary_table(summary, 4),
         "",
         "Accuracy of each client (rows) with each architecture (columns), whole test split:",
         "",

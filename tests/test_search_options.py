@@ -151,7 +151,7 @@ def test_commit_round_trains_the_argmax_and_freezes_the_policy():
         assert outcome.accepted == ["a", "b"] and set(outcome.rewards) == {"a", "b"}
         for c in "ab":  # rewarded and merged, but no policy moves
             assert all(np.array_equal(search.policy(c).alpha[n], a) for n, a in alpha[c].items())
-    # Before the commit round, the same search samples (commit_round 0: never commits).
+    # commit_round 0 (the paper) never commits, however late the round.
     assert not SearchConfig().committed(10**6)
 
 
