@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 
 import pytest
@@ -217,6 +218,17 @@ def test_session_rounds_follow_the_schedule():
     assert session.global_round(1) == 4 and session.is_last_round(2)
     session.search.completed_rounds = 3
     assert session.remaining_rounds(5) == 2 and session.remaining_rounds(2) == 0
+
+
+def test_a_commit_round_after_the_last_round_is_named(caplog):
+    session = SearchSession(_family(), search_config=SearchConfig(commit_round=7))
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        session.remaining_rounds(6)
+    assert "commit-round is 7, after the run's last round (num-server-rounds 6)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        session.remaining_rounds(7)
+    assert "commit-round" not in caplog.text
 
 
 def test_run_config_settings_are_one_set(tmp_path):

@@ -150,6 +150,15 @@ class SearchSession(RoundSettingsAttributes):
         done = self.search.completed_rounds
         remaining = len(RoundSchedule(int(num_rounds), self.evaluate_every, done).remaining())
         self.total_rounds = int(num_rounds)
+        commit = self.search.config.commit_round
+        if commit > self.total_rounds:
+            log(
+                WARNING,
+                "commit-round is %d, after the run's last round (num-server-rounds %d): "
+                "no round of this run trains the argmax architectures",
+                commit,
+                self.total_rounds,
+            )
         if self.resumed_from:
             log(
                 INFO,
